@@ -1,0 +1,201 @@
+"""Report-ready figures. Every plotting function returns its figure; `save_figure` writes it under a
+stable name as PNG (200 dpi) and PDF, into `figures/` for the full profile (outputs/<profile>/figures else)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+import torch
+
+from .paths import figures_dir
+from .profiles import get_profile
+
+sns.set_theme(style="whitegrid", context="notebook")
+matplotlib.rcParams.update({"figure.dpi": 100, "savefig.bbox": "tight", "pdf.fonttype": 42})
+
+
+def save_figure(fig: plt.Figure, name: str, profile: str | None = None, formats: Sequence[str] = ("png", "pdf")) -> Path:
+    """Write `fig` as figures/<name>.png and .pdf; returns the PNG path."""
+    if not name or any(c in name for c in "/\\ "):
+        raise ValueError(f"figure name {name!r} must be a plain file stem like 'final_confusion_matrix'")
+    directory = figures_dir(profile or get_profile().name)
+    directory.mkdir(parents=True, exist_ok=True)
+    for fmt in formats:
+        # Fixed metadata keeps re-runs byte-stable where the backend allows it.
+        metadata = {"Software": None} if fmt == "png" else {"CreationDate": None}
+        fig.savefig(directory / f"{name}.{fmt}", dpi=200, metadata=metadata)
+    return directory / f"{name}.{formats[0]}"
+
+
+def plot_history(history, title: str = "") -> plt.Figure:
+    """Train/validation loss and accuracy per epoch, side by side."""
+    epochs = np.arange(1, history.epochs + 1)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot(epochs, history.train_loss, "o-", label="train")
+    ax_loss.plot(epochs, history.val_loss, "s-", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    ax_acc.plot(epochs, history.train_acc, "o-", label="train")
+    ax_acc.plot(epochs, history.val_acc, "s-", label="validation")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_trial_curves(results, title: str = "") -> plt.Figure:
+    """Validation loss and accuracy of every trial in one figure, one line per trial."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
+    palette = sns.color_palette("tab10", len(results))
+    for color, result in zip(palette, results):
+        h = result.history
+        epochs = np.arange(1, h.epochs + 1)
+        label = f"{result.config.name} ({h.val_acc[-1]:.1f}%)"
+        ax_loss.plot(epochs, h.val_loss, "o-", color=color, label=label, markersize=3)
+        ax_acc.plot(epochs, h.val_acc, "o-", color=color, label=label, markersize=3)
+    ax_loss.set(xlabel="epoch", ylabel="validation loss", title="Validation loss")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax_acc.legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], normalize: bool = True, title: str = "") -> plt.Figure:
+    """47x47 heatmap with character labels; rows are true classes. Normalised rows show recall per class."""
+    values = cm / np.maximum(cm.sum(1, keepdims=True), 1) * 100 if normalize else cm
+    fig, ax = plt.subplots(figsize=(15, 13))
+    sns.heatmap(values, ax=ax, cmap="viridis", square=True, xticklabels=classes, yticklabels=classes,
+                vmax=np.percentile(values[~np.eye(len(classes), dtype=bool)], 99.5) if normalize else None,
+                cbar_kws={"label": "% of true class" if normalize else "count", "shrink": 0.7})
+    ax.set(xlabel="predicted", ylabel="true", title=title or "Confusion matrix (colour capped to show errors)")
+    ax.tick_params(axis="both", labelsize=9, rotation=0)
+    fig.tight_layout()
+    return fig
+
+
+def plot_class_distribution(train_labels, test_labels, classes: Sequence[str], title: str = "") -> plt.Figure:
+    """Images per class in train and test, one grouped bar chart."""
+    n = len(classes)
+    train_counts = np.bincount(np.asarray(train_labels), minlength=n)
+    test_counts = np.bincount(np.asarray(test_labels), minlength=n)
+    x = np.arange(n)
+    fig, ax = plt.subplots(figsize=(15, 4.5))
+    ax.bar(x - 0.2, train_counts, width=0.4, label=f"train ({train_counts.sum():,})")
+    ax.bar(x + 0.2, test_counts, width=0.4, label=f"test ({test_counts.sum():,})")
+    ax.set_xticks(x, classes)
+    ax.set(xlabel="class", ylabel="images", title=title or "Images per class")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_image_grid(images, titles: Sequence[str], ncols: int = 12, title: str = "",
+                    title_colors: Sequence[str] | None = None) -> plt.Figure:
+    """Small grey-scale images (N, 28, 28) with a caption each."""
+    images = torch.as_tensor(images)
+    n = len(images)
+    nrows = max(1, -(-n // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 1.05, nrows * 1.25), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i].numpy(), cmap="gray_r", vmin=0, vmax=255)
+            ax.set_title(titles[i], fontsize=9, color=(title_colors[i] if title_colors else "black"))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def first_per_class(labels, num_classes: int, per_class: int) -> list[int]:
+    """Indices of the first `per_class` examples of each class, class by class."""
+    labels = np.asarray(labels)
+    return [int(i) for k in range(num_classes) for i in np.flatnonzero(labels == k)[:per_class]]
+
+
+def plot_samples_per_class(images, labels, classes: Sequence[str], per_class: int = 6, title: str = "") -> plt.Figure:
+    """One panel per class showing `per_class` upright samples side by side, captioned with the character."""
+    images, labels = torch.as_tensor(images), np.asarray(labels)
+    ncols = 6
+    nrows = -(-len(classes) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 2.6, nrows * 0.75), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= len(classes):
+            continue
+        idx = np.flatnonzero(labels == k)[:per_class]
+        strip = torch.cat([images[i] for i in idx], dim=1) if len(idx) else torch.zeros(28, 28)
+        ax.imshow(strip.numpy(), cmap="gray_r", vmin=0, vmax=255)
+        ax.set_title(f"'{classes[k]}'", fontsize=9, loc="left", pad=2)
+    fig.suptitle(title or "Samples per class (upright)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusable_groups(images, labels, classes: Sequence[str], groups, per_class: int = 6) -> plt.Figure:
+    """Rows of look-alike classes (0/O, 1/I, ...): each row shows samples of one group's members."""
+    index = {c: i for i, c in enumerate(classes)}
+    groups = [[c for c in g if c in index] for g in groups]
+    groups = [g for g in groups if len(g) > 1]
+    labels = np.asarray(labels)
+    fig, axes = plt.subplots(len(groups), 1, figsize=(per_class * 3 * 0.9, len(groups) * 1.0), squeeze=False)
+    for ax, group in zip(axes[:, 0], groups):
+        strips = []
+        for c in group:
+            idx = np.flatnonzero(labels == index[c])[:per_class]
+            strips.append(torch.cat([torch.as_tensor(images[i]) for i in idx], dim=1))
+            strips.append(torch.full((28, 10), 0, dtype=torch.uint8))
+        ax.imshow(torch.cat(strips[:-1], dim=1).numpy(), cmap="gray_r", vmin=0, vmax=255)
+        ax.set_axis_off()
+        ax.set_title("  vs  ".join(f"'{c}'" for c in group), fontsize=10, loc="left")
+    fig.suptitle("Classes that look alike")
+    fig.tight_layout()
+    return fig
+
+
+def plot_misclassified(images, true, predicted, classes: Sequence[str], n: int = 48) -> plt.Figure:
+    """The first `n` test errors, captioned 'true -> predicted'."""
+    true, predicted = np.asarray(true), np.asarray(predicted)
+    wrong = np.flatnonzero(true != predicted)[:n]
+    titles = [f"{classes[true[i]]} → {classes[predicted[i]]}" for i in wrong]
+    return plot_image_grid(torch.as_tensor(images)[wrong], titles, ncols=12,
+                           title="Misclassified test images (true → predicted)",
+                           title_colors=["firebrick"] * len(wrong))
+
+
+def plot_per_class_accuracy(table, title: str = "") -> plt.Figure:
+    """Bar chart of per-class accuracy, worst first (table from evaluation.per_class_accuracy)."""
+    fig, ax = plt.subplots(figsize=(15, 4))
+    ax.bar(range(len(table)), table["accuracy"], color=sns.color_palette("viridis", len(table)))
+    ax.set_xticks(range(len(table)), table["class"])
+    ax.set(ylabel="accuracy (%)", xlabel="class (worst first)", ylim=(0, 100),
+           title=title or "Per-class test accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def plot_pixel_histogram(images, mean: float, std: float) -> plt.Figure:
+    """Distribution of pixel intensities, with the normalisation constants marked."""
+    values = torch.as_tensor(images).flatten().float() / 255
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    counts = torch.bincount((values * 255).round().long(), minlength=256).numpy()
+    ax.bar(np.arange(256) / 255, counts, width=1 / 255)
+    ax.set_yscale("log")
+    ax.axvline(mean, color="firebrick", label=f"mean {mean:.4f}")
+    ax.axvspan(max(mean - std, 0), mean + std, color="firebrick", alpha=0.1, label=f"± std {std:.4f}")
+    ax.set(xlabel="pixel value (scaled to [0, 1])", ylabel="pixels (log scale)", title="Pixel intensities (train)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
