@@ -135,6 +135,8 @@ def read_mapping(path: Path) -> list[str]:
             raise DataError(f"{path}:{line_no}: expected 'label ascii_code', got {line!r}") from exc
         rows.append((label, chr(code)))
     labels = [label for label, _ in rows]
+    if not labels:
+        raise DataError(f"{path}: the mapping file is empty. Copy emnist-<split>-mapping.txt again.")
     if sorted(labels) != list(range(min(labels), min(labels) + len(labels))):
         raise DataError(f"{path}: labels are not consecutive ({labels[:5]}...).")
     classes = ["N/A"] * min(labels) + [c for _, c in sorted(rows)]

@@ -178,13 +178,16 @@ def load_weights(path: str | Path, expected_arch: str | None = None) -> tuple[nn
         raise WeightsError(f"{path}: not a readable weights file ({exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != "emnist-cnn-weights/1":
         raise WeightsError(f"{path}: not an emnist-cnn weights file (save it with emnist_utils.save_weights)")
-    cfg_dict = dict(payload["config"])
-    cfg = TrialConfig(**cfg_dict)
+    try:
+        cfg = TrialConfig(**dict(payload["config"]))
+        state_dict = payload["state_dict"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsError(f"{path}: the config stored with the weights is missing or invalid ({exc})") from exc
     if expected_arch is not None and cfg.arch != expected_arch:
         raise WeightsError(f"{path}: holds weights of architecture {cfg.arch!r}, not {expected_arch!r}")
     model = build_model(cfg)
     try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(state_dict)
     except RuntimeError as exc:
         raise WeightsError(f"{path}: weights do not fit architecture {cfg.arch!r} with "
                            f"{cfg.model_kwargs()} (was the model code changed?): {str(exc).splitlines()[0]}") from exc

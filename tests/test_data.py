@@ -108,9 +108,6 @@ def test_bad_mapping_lines_raise_data_error(tmp_path):
         D.read_mapping(gap)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="package bug: read_mapping on an empty mapping file raises ValueError from min(), "
-                          "not DataError")
 def test_empty_mapping_file_raises_data_error(tmp_path):
     empty = tmp_path / "emnist-x-mapping.txt"
     empty.write_text("")
@@ -305,7 +302,9 @@ def http_server(monkeypatch):
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            # "cut" simulates a connection dropped mid-transfer: fewer bytes than promised
+            self.wfile.write(body[: content["cut"]] if "cut" in content else body)
+            self.close_connection = True
             content["requests"] = content.get("requests", 0) + 1
 
         def log_message(self, *args):
@@ -367,6 +366,16 @@ def test_download_unreachable_url_fails_fast_and_says_where_to_put_files(tmp_pat
     # load_emnist on an empty folder tries the download for balanced and reports the same way
     with pytest.raises(DataError, match="could not download"):
         load_emnist(root, "balanced", url=url)
+
+
+def test_download_cut_short_is_refused_and_removed(tmp_path, http_server):
+    body, _ = _balanced_zip()
+    url = http_server(body)
+    http_server.content["cut"] = len(body) // 2
+    root = tmp_path / "data"
+    with pytest.raises(DataError):
+        D.download_balanced(root, url=url, md5=hashlib.md5(body).hexdigest(), progress=False)
+    assert list(root.iterdir()) == []  # neither gzip.zip nor gzip.zip.part is left to be trusted later
 
 
 def test_download_404_is_a_data_error(tmp_path, http_server):

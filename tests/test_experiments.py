@@ -245,6 +245,17 @@ def test_keep_model_retrains_when_weights_are_missing(splits, fit_calls):
     assert same_state(first.model, second.model)
 
 
+def test_keep_model_refuses_weights_of_another_run(splits, fit_calls):
+    a = trial(splits, keep_model=True)
+    b = trial(splits, cfg=CFG.with_(lr=2e-3), keep_model=True)
+    weights = cache_dir() / "weights"
+    (weights / f"{b.key}.pt").write_bytes((weights / f"{a.key}.pt").read_bytes())
+    with pytest.warns(UserWarning, match="unusable"):
+        again = trial(splits, cfg=CFG.with_(lr=2e-3), keep_model=True)
+    assert len(fit_calls) == 3  # retrained rather than returning run a's weights
+    assert same_state(again.model, b.model) and not same_state(again.model, a.model)
+
+
 # ----------------------------------------------------------------------------- weights files
 
 SMALL1 = TrialConfig(arch="arch1", lr=1e-3, batch_size=10, epochs=1, c1=4, c2=6, hidden=16, dropout=0.3, name="w")
@@ -308,8 +319,6 @@ def test_load_weights_refuses_foreign_files(tmp_path):
         load_weights(bare)
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: an invalid config inside a weights file raises "
-                                       "ConfigError from TrialConfig, not WeightsError")
 def test_load_weights_with_invalid_config_raises_weights_error(tmp_path):
     path = tmp_path / "model.pt"
     saved_arch1(path)
