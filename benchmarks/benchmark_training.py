@@ -45,16 +45,9 @@ from emnist_utils.data import (Batches, Splits, _file_name, data_location, load_
                                train_val_split)
 from emnist_utils.evaluation import accuracy, evaluate_loss_accuracy, predict_logits  # noqa: E402
 from emnist_utils.models import FINAL_CONFIG, TrialConfig, build_model  # noqa: E402
-from emnist_utils.training import (REPORT_RECIPE, History, Recipe, autocast_context, fit,  # noqa: E402
+from emnist_utils.training import (RECIPES, REPORT_RECIPE, History, Recipe, autocast_context, fit,  # noqa: E402
                                    make_optimizer, pick_device, seed_everything)
 
-# Recipes the project pipeline can be timed with in time-to-accuracy mode: name -> (config, recipe).
-# They live here, not in emnist_utils, until a recipe has earned its place in the notebooks. To add one:
-#   "fast": (FINAL_CONFIG.with_(name="fast", lr=3e-3, batch_size=512, epochs=10),
-#            Recipe(schedule="onecycle", label_smoothing=0.1)),
-RECIPES: dict[str, tuple[TrialConfig, Recipe]] = {
-    "report": (FINAL_CONFIG, REPORT_RECIPE),
-}
 
 # torchvision's EMNIST only knows its own split names, so the stand-in is presented to it as "balanced".
 TORCHVISION_SPLIT = "balanced"
