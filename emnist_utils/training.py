@@ -246,7 +246,7 @@ def _recipes() -> dict:
 
     return {
         "report": (FINAL_CONFIG, REPORT_RECIPE),
-        "fast": (FINAL_CONFIG.with_(name="fast", lr=4e-3, batch_size=512, epochs=3),
+        "fast": (FINAL_CONFIG.with_(name="fast", lr=3e-3, batch_size=256, epochs=6),
                  Recipe(schedule="onecycle", label_smoothing=0.1)),
     }
 
