@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .paths import resolve
+from .paths import atomic_path, resolve
 
 DEFAULT_DATA_DIR = "data"
 DEFAULT_SPLIT = "balanced"
@@ -267,10 +267,8 @@ def download_balanced(root: Path, url: str = EMNIST_URL, md5: str = EMNIST_MD5, 
             name = Path(member).name
             if name.startswith("emnist-balanced-"):
                 target = root / name
-                tmp = target.with_name(target.name + ".tmp")
-                with zf.open(member) as src, open(tmp, "wb") as dst:
+                with atomic_path(target) as tmp, zf.open(member) as src, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst)
-                os.replace(tmp, target)
                 extracted.append(target)
     if not extracted:
         raise DataError(f"{archive}: holds no emnist-balanced-* files; is it the EMNIST gzip.zip?")

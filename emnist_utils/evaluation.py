@@ -71,10 +71,10 @@ def per_class_accuracy(predictions, labels, classes: list[str]) -> pd.DataFrame:
 def most_confused_pairs(predictions, labels, classes: list[str], top: int = 15) -> pd.DataFrame:
     """The (true, predicted) pairs with the most errors, with the share of the true class they take."""
     cm = confusion_matrix(predictions, labels, len(classes)).astype(float)
+    support = cm.sum(1)
     np.fill_diagonal(cm, 0)
     flat = np.argsort(cm, axis=None)[::-1][:top]
     rows = []
-    support = confusion_matrix(predictions, labels, len(classes)).sum(1)
     for idx in flat:
         t, p = divmod(int(idx), len(classes))
         if cm[t, p] == 0:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +17,7 @@ from torch import nn
 
 from .data import Splits
 from .models import TrialConfig, build_model, count_parameters, model_code_version
-from .paths import cache_dir
+from .paths import atomic_path, cache_dir
 from .profiles import Profile
 from .training import REPORT_RECIPE, TRAINING_VERSION, History, Recipe, fit, pick_device, seed_everything
 
@@ -63,13 +61,6 @@ class TrialResult:
                 "history": self.history.to_dict(), "parameters": self.parameters,
                 "train_seconds": self.train_seconds, "seed": self.seed, "profile": self.profile,
                 "provenance": self.provenance, "key": self.key, "recipe": self.recipe}
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _read_entry(path: Path, key: str) -> dict | None:
@@ -118,18 +109,18 @@ def run_trial(cfg: TrialConfig, splits: Splits, profile: Profile, *, seed: int =
         checkpoint.unlink(missing_ok=True)
     seed_everything(seed)
     model = build_model(cfg)
-    started = time.perf_counter()
     history = fit(model, splits, cfg, seed=seed, recipe=recipe, device=device or pick_device(),
                   checkpoint=checkpoint, run_key=key, progress=progress, callbacks=callbacks)
     result = TrialResult(config=cfg, history=history, parameters=count_parameters(model),
-                         train_seconds=sum(history.seconds) if history.seconds else time.perf_counter() - started,
+                         train_seconds=sum(history.seconds),
                          seed=seed, profile=profile.name, provenance=dict(splits.provenance), key=key,
                          recipe=recipe.as_dict(), model=model.cpu() if keep_model else None)
     if keep_model:
         save_weights(model, cfg, weights_path, provenance=splits.provenance, extra={"key": key})
     payload = result.to_json()
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-    _atomic_write_text(entry_path, json.dumps({"sha256": digest, "payload": payload}, indent=1))
+    with atomic_path(entry_path) as tmp:
+        tmp.write_text(json.dumps({"sha256": digest, "payload": payload}, indent=1))
     checkpoint.unlink(missing_ok=True)  # the run is finished: its checkpoint is no longer needed
     return result
 
@@ -161,10 +152,8 @@ def save_weights(model: nn.Module, cfg: TrialConfig, path: Path, *, provenance: 
                "mean": mean, "std": std, "state_dict": {k: v.detach().cpu().contiguous()
                                                         for k, v in model.state_dict().items()},
                **(extra or {})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_weights(path: str | Path, expected_arch: str | None = None) -> tuple[nn.Module, dict]:

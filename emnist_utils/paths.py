@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -37,3 +38,16 @@ def results_dir(profile_name: str) -> Path:
 def cache_dir() -> Path:
     """Trial results and checkpoints; never committed (see .gitignore)."""
     return resolve(os.environ.get("EMNIST_CACHE", PROJECT_ROOT / ".cache"))
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary sibling of `path` to write to; it replaces `path` only if the block succeeds, so
+    readers never see a half-written checkpoint, cache entry, weights file or notebook."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

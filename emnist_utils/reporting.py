@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
-from .paths import results_dir
+from .paths import atomic_path, results_dir
 
 
 def trial_table(results: Sequence) -> pd.DataFrame:
@@ -47,10 +46,7 @@ def read_table(name: str, profile: str) -> pd.DataFrame | None:
 
 
 def write_json(obj: dict, name: str, *, provenance: dict, profile: str) -> Path:
-    directory = results_dir(profile)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({**obj, "provenance": provenance, "profile": profile}, indent=2))
-    os.replace(tmp, path)
+    path = results_dir(profile) / f"{name}.json"
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({**obj, "provenance": provenance, "profile": profile}, indent=2))
     return path

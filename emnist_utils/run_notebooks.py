@@ -16,7 +16,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .paths import PROJECT_ROOT, output_root, results_dir
+from .paths import PROJECT_ROOT, atomic_path, output_root, results_dir
 from .profiles import get_profile
 
 
@@ -38,9 +38,8 @@ def execute(path: Path, timeout: int | None = None) -> float:
         print(f"{path.name} FAILED; partial outputs in {failed}", file=sys.stderr)
         raise
     seconds = time.perf_counter() - started
-    tmp = path.with_name(path.name + ".tmp")
-    nbformat.write(notebook, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        nbformat.write(notebook, tmp)
     return seconds
 
 

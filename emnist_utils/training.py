@@ -22,6 +22,7 @@ from torch import nn
 from .data import Batches, Splits
 from .evaluation import evaluate_loss_accuracy
 from .models import ConfigError, TrialConfig
+from .paths import atomic_path
 
 # Bump when a change to this module changes what a given config trains to: it invalidates cached results.
 TRAINING_VERSION = 1
@@ -132,10 +133,8 @@ def autocast_context(device: torch.device, precision: str):
 
 
 def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _load_checkpoint(path: Path, key: str):
