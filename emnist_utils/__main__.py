@@ -2,11 +2,10 @@
 import argparse
 import sys
 
-from .data import DataError, load_emnist
+from .data import DataError, add_data_arguments, load_emnist
 
 parser = argparse.ArgumentParser(description=__doc__)
-parser.add_argument("--data", default=None, help="data folder (default EMNIST_DATA or data/)")
-parser.add_argument("--split", default=None, help="EMNIST split (default EMNIST_SPLIT or balanced)")
+add_data_arguments(parser)
 args = parser.parse_args()
 try:
     print(load_emnist(args.data, args.split).describe())

@@ -321,6 +321,12 @@ def data_location(root: str | os.PathLike | None = None, split: str | None = Non
     return root, split
 
 
+def add_data_arguments(parser) -> None:
+    """--data and --split for every command-line entry point, with the same defaults as `data_location`."""
+    parser.add_argument("--data", default=None, help="data folder (default EMNIST_DATA, else data/)")
+    parser.add_argument("--split", default=None, help="EMNIST split name (default EMNIST_SPLIT, else balanced)")
+
+
 def load_emnist(root: str | os.PathLike | None = None, split: str | None = None, *, download: bool = True,
                 allow_unverified: bool | None = None, url: str = EMNIST_URL, md5: str = EMNIST_MD5) -> EMNIST:
     """Load and verify one EMNIST split. See the module docstring for what is checked."""

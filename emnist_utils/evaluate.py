@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .data import DataError, load_emnist
+from .data import DataError, add_data_arguments, load_emnist
 from .evaluation import accuracy, predict
 from .experiments import WeightsError, load_weights
 from .paths import resolve
@@ -20,8 +20,7 @@ from .training import pick_device
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True, help="a .pt file written by save_weights")
-    parser.add_argument("--data", default=None, help="data folder (default EMNIST_DATA or data/)")
-    parser.add_argument("--split", default=None, help="EMNIST split name (default EMNIST_SPLIT or balanced)")
+    add_data_arguments(parser)
     parser.add_argument("--allow-unverified", action="store_true", help="accept data no checksum vouches for")
     args = parser.parse_args(argv)
     try:

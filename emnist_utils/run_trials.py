@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .data import load_emnist, make_splits
+from .data import add_data_arguments, load_emnist, make_splits
 from .experiments import run_trial
 from .models import FINAL_CONFIG, TABLE_1_1, TABLE_1_2
 from .profiles import get_profile
@@ -22,8 +22,7 @@ def main(argv=None) -> None:
     parser.add_argument("--tables", nargs="+", default=["final", "1.1", "1.2"], choices=sorted(TABLES))
     parser.add_argument("--profile", default=None, help="full (default, or EMNIST_PROFILE) or smoke")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", default=None, help="data folder (default EMNIST_DATA or data/)")
-    parser.add_argument("--split", default=None, help="EMNIST split name (default EMNIST_SPLIT or balanced)")
+    add_data_arguments(parser)
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
     data = load_emnist(args.data, args.split)

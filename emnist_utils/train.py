@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 
-from .data import DataError, load_emnist, make_splits
+from .data import DataError, add_data_arguments, load_emnist, make_splits
 from .evaluation import accuracy, predict
 from .experiments import run_trial, save_weights
 from .paths import resolve
@@ -24,8 +24,7 @@ def main(argv=None) -> int:
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="fast")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", default=None, help="full (default, or EMNIST_PROFILE) or smoke")
-    parser.add_argument("--data", default=None, help="data folder (default EMNIST_DATA or data/)")
-    parser.add_argument("--split", default=None, help="EMNIST split (default EMNIST_SPLIT or balanced)")
+    add_data_arguments(parser)
     parser.add_argument("--out", default=None, help="weights file to write (default: none)")
     parser.add_argument("--retrain", action="store_true", help="ignore a cached result of the same run")
     args = parser.parse_args(argv)
