@@ -14,23 +14,39 @@ CONFUSABLE_GROUPS = [("0", "O"), ("1", "I", "l"), ("2", "Z"), ("5", "S"), ("9", 
                      ("X", "x"), ("Y", "y"), ("J", "j"), ("L", "l"), ("O", "o"), ("S", "s"), ("Z", "z")]
 
 
-@torch.inference_mode()
 def predict_logits(model: nn.Module, images: torch.Tensor, mean: float, std: float, *,
                    device: torch.device | str | None = None, batch_size: int = EVAL_BATCH_SIZE,
-                   channels_last: bool = False) -> torch.Tensor:
-    """Logits for uint8 images (N, 28, 28), in eval mode, on `device` (default: the model's)."""
+                   channels_last: bool | None = None) -> torch.Tensor:
+    """Logits for uint8 images (N, 28, 28), in eval mode, on `device` (default: the model's).
+
+    On the CPU the model runs in channels_last layout by default (about a third faster for these convs);
+    a model that was not in that layout is put back as it was afterwards.
+    """
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    if channels_last is None:
+        channels_last = device.type == "cpu"
+    restore_layout = channels_last and not _is_channels_last(model)
+    if restore_layout:
+        model.to(memory_format=torch.channels_last)
     was_training = model.training
     model.eval()
     scale, shift = 1.0 / (255.0 * std), -mean / std
     out = []
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device).unsqueeze(1).float().mul_(scale).add_(shift)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out.append(model(x).float().cpu())
+    with torch.inference_mode():  # not around the layout changes: parameters must stay normal tensors
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].to(device).unsqueeze(1).float().mul_(scale).add_(shift)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out.append(model(x).float().cpu())
     model.train(was_training)
+    if restore_layout:
+        model.to(memory_format=torch.contiguous_format)
     return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def _is_channels_last(model: nn.Module) -> bool:
+    kernels = [p for p in model.parameters() if p.dim() == 4]
+    return bool(kernels) and all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
 
 
 def predict(model: nn.Module, images: torch.Tensor, mean: float, std: float, **kwargs) -> torch.Tensor:

@@ -246,3 +246,20 @@ def test_pick_device(monkeypatch):
     monkeypatch.setenv("EMNIST_DEVICE", "meta")
     assert pick_device() == torch.device("meta")
     assert pick_device("cpu") == torch.device("cpu")  # an explicit choice beats the environment
+
+
+def test_prediction_layout_is_restored_and_does_not_change_predictions():
+    from emnist_utils.evaluation import _is_channels_last, predict_logits
+    from emnist_utils.models import FINAL_CONFIG, build_model
+
+    torch.manual_seed(0)
+    model = build_model(FINAL_CONFIG.with_(hidden=32)).eval()
+    images = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8)
+    plain = predict_logits(model, images, 0.17, 0.33, channels_last=False)
+    fast = predict_logits(model, images, 0.17, 0.33)  # CPU default: channels_last
+    assert not _is_channels_last(model)  # put back as it was
+    assert torch.equal(plain.argmax(1), fast.argmax(1))
+    assert torch.allclose(plain, fast, atol=1e-4)
+    model.to(memory_format=torch.channels_last)
+    predict_logits(model, images, 0.17, 0.33)
+    assert _is_channels_last(model)  # a channels_last model stays channels_last
