@@ -22,6 +22,13 @@ def trial_table(results: Sequence) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def markdown_table(df: pd.DataFrame) -> str:
+    """A pipe table that keeps integers as integers (pandas' to_markdown turns mixed rows into floats)."""
+    from tabulate import tabulate
+
+    return tabulate(df.to_dict("records"), headers="keys", tablefmt="pipe", disable_numparse=True)
+
+
 def _stamp(provenance: dict, profile: str) -> str:
     return f"data: {provenance['dataset']} (sha256 {provenance['checksum'][:12]}), profile: {profile}"
 
@@ -34,7 +41,7 @@ def write_table(df: pd.DataFrame, name: str, *, provenance: dict, profile: str, 
     paths = {"csv": directory / f"{name}.csv", "md": directory / f"{name}.md", "tex": directory / f"{name}.tex"}
     stamped.to_csv(paths["csv"], index=False)
     note = _stamp(provenance, profile)
-    paths["md"].write_text((f"{caption}\n\n" if caption else "") + df.to_markdown(index=False) + f"\n\n_{note}_\n")
+    paths["md"].write_text((f"{caption}\n\n" if caption else "") + markdown_table(df) + f"\n\n_{note}_\n")
     paths["tex"].write_text(df.to_latex(index=False, float_format="%.4g", caption=f"{caption} ({note})".strip(),
                                         label=f"tab:{name}"))
     return paths
