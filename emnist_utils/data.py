@@ -416,6 +416,7 @@ class Splits:
     std: float
     classes: list[str]
     provenance: dict
+    seed: int = 0  # the seed of the train/validation split
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train_labels), "validation": len(self.val_labels), "test": len(self.test_labels)}
@@ -433,7 +434,7 @@ def make_splits(data: EMNIST, seed: int = 0, train_limit: int | None = None, val
     return Splits(train_images=train_images, train_labels=data.train_labels[train_idx],
                   val_images=data.train_images[val_idx], val_labels=data.train_labels[val_idx],
                   test_images=data.test_images[test_idx], test_labels=data.test_labels[test_idx],
-                  mean=mean, std=std, classes=data.classes, provenance=data.provenance())
+                  mean=mean, std=std, classes=data.classes, provenance=data.provenance(), seed=seed)
 
 
 class Batches:

@@ -34,6 +34,8 @@ def run_key(cfg: TrialConfig, recipe: Recipe, splits: Splits, profile: Profile, 
         "profile": profile.as_dict(),
         "seed": seed,
     }
+    if splits.seed != seed:  # several training seeds on one split: the split's seed is part of the identity
+        identity["split_seed"] = splits.seed
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -49,6 +51,7 @@ class TrialResult:
     key: str
     recipe: dict = field(default_factory=dict)
     model: nn.Module | None = None
+    device: str = ""  # what trained it, e.g. "cpu" or "cuda (NVIDIA H200)"
 
     @property
     def val_acc(self) -> float:
@@ -60,7 +63,7 @@ class TrialResult:
                            "report_val_acc": self.config.report_val_acc},
                 "history": self.history.to_dict(), "parameters": self.parameters,
                 "train_seconds": self.train_seconds, "seed": self.seed, "profile": self.profile,
-                "provenance": self.provenance, "key": self.key, "recipe": self.recipe}
+                "provenance": self.provenance, "key": self.key, "recipe": self.recipe, "device": self.device}
 
 
 def _read_entry(path: Path, key: str) -> dict | None:
@@ -80,11 +83,13 @@ def _read_entry(path: Path, key: str) -> dict | None:
 
 
 def run_trial(cfg: TrialConfig, splits: Splits, profile: Profile, *, seed: int = 0, recipe: Recipe = REPORT_RECIPE,
-              retrain: bool = False, keep_model: bool = False, device=None, progress: bool = True,
-              callbacks=()) -> TrialResult:
+              retrain: bool = False, keep_model: bool = False, require_model: bool | None = None, device=None,
+              progress: bool = True, callbacks=()) -> TrialResult:
     """Train `cfg` (as `profile` runs it) or return the cached result of an identical earlier run.
 
-    With `keep_model`, the trained weights are cached too and returned on `result.model` (on CPU).
+    With `keep_model`, the trained weights are cached too and returned on `result.model` (on CPU). A cached
+    result whose weights are missing is retrained, unless `require_model=False` (a table that needs only the
+    metrics: it then gets `result.model = None`).
     Interrupted runs resume from their last epoch checkpoint; finished runs delete their checkpoint.
     """
     cfg = profile.apply(cfg)
@@ -95,26 +100,32 @@ def run_trial(cfg: TrialConfig, splits: Splits, profile: Profile, *, seed: int =
 
     payload = None if retrain else _read_entry(entry_path, key)
     model = None
+    if require_model is None:
+        require_model = keep_model
     if payload is not None and keep_model:
         model = _load_cached_weights(weights_path, cfg, key)
-        if model is None:
+        if model is None and require_model:
             payload = None
     if payload is not None:
         return TrialResult(config=cfg, history=History.from_dict(payload["history"]),
                            parameters=payload["parameters"], train_seconds=payload["train_seconds"],
                            seed=seed, profile=profile.name, provenance=payload["provenance"], key=key,
-                           recipe=payload["recipe"], model=model)
+                           recipe=payload["recipe"], model=model,
+                           # entries from before devices were recorded all came from CPU runs
+                           device=payload.get("device", "cpu"))
 
     if retrain:
         checkpoint.unlink(missing_ok=True)
     seed_everything(seed)
     model = build_model(cfg)
-    history = fit(model, splits, cfg, seed=seed, recipe=recipe, device=device or pick_device(),
+    device = torch.device(device) if device is not None else pick_device()
+    history = fit(model, splits, cfg, seed=seed, recipe=recipe, device=device,
                   checkpoint=checkpoint, run_key=key, progress=progress, callbacks=callbacks)
     result = TrialResult(config=cfg, history=history, parameters=count_parameters(model),
                          train_seconds=sum(history.seconds),
                          seed=seed, profile=profile.name, provenance=dict(splits.provenance), key=key,
-                         recipe=recipe.as_dict(), model=model.cpu() if keep_model else None)
+                         recipe=recipe.as_dict(), model=model.cpu() if keep_model else None,
+                         device=device_name(device))
     if keep_model:
         save_weights(model, cfg, weights_path, provenance=splits.provenance, extra={"key": key})
     payload = result.to_json()
@@ -123,6 +134,13 @@ def run_trial(cfg: TrialConfig, splits: Splits, profile: Profile, *, seed: int =
         tmp.write_text(json.dumps({"sha256": digest, "payload": payload}, indent=1))
     checkpoint.unlink(missing_ok=True)  # the run is finished: its checkpoint is no longer needed
     return result
+
+
+def device_name(device: torch.device) -> str:
+    """A device as results record it: the type, plus the accelerator's model name where there is one."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
 
 
 def _load_cached_weights(path: Path, cfg: TrialConfig, key: str) -> nn.Module | None:

@@ -144,8 +144,10 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def model_code_version(arch: str) -> str:
-    """A short hash of the architecture's source: editing the model invalidates cached results."""
-    source = inspect.getsource(ARCHITECTURES[arch])
+    """A short hash of the architecture's source, base classes of this package included: editing the
+    model (or a shared block it inherits) invalidates cached results."""
+    own = [c for c in ARCHITECTURES[arch].__mro__ if c.__module__.startswith(__package__ or "emnist_utils")]
+    source = "".join(inspect.getsource(c) for c in (own or [ARCHITECTURES[arch]]))
     return hashlib.sha256(source.encode()).hexdigest()[:12]
 
 
@@ -182,3 +184,7 @@ TABLE_1_2 = _table("arch2", 20, [
 FINAL_CONFIG = TABLE_1_2[0].with_(name="final")
 REPORT_FINAL_TEST_ACC = 88.43
 REPORT_FINAL_PARAMETERS = 976_239
+
+
+# Architectures beyond the report (depth/activation studies, the compact model) register themselves here.
+from . import variants  # noqa: E402,F401  (import for its registrations)

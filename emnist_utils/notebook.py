@@ -33,10 +33,11 @@ class Context:
     retrain: bool = False
 
     def run(self, cfg: TrialConfig, *, recipe: Recipe = REPORT_RECIPE, keep_model: bool = True,
-            seed: int | None = None) -> TrialResult:
+            require_model: bool | None = None, seed: int | None = None) -> TrialResult:
         """Train `cfg` under this notebook's profile, or reuse the cached result of the identical run."""
         return run_trial(cfg, self.splits, self.profile, seed=self.seed if seed is None else seed, recipe=recipe,
-                         retrain=self.retrain, keep_model=keep_model, device=self.device)
+                         retrain=self.retrain, keep_model=keep_model, require_model=require_model,
+                         device=self.device)
 
     def run_all(self, configs: Sequence[TrialConfig], **kwargs) -> list[TrialResult]:
         return [self.run(cfg, **kwargs) for cfg in configs]
@@ -93,7 +94,7 @@ def model_summary(cfg: TrialConfig) -> str:
 
 def trial_study(ctx: Context, configs: Sequence[TrialConfig], name: str, caption: str):
     """Run (or load) every trial of a table and write its table to results/<name>.{csv,md,tex}."""
-    results = ctx.run_all(configs)
+    results = ctx.run_all(configs, require_model=False)  # the tables need metrics; weights are kept when trained
     table = trial_table(results)
     write_table(table, name, provenance=ctx.provenance, profile=ctx.profile.name, caption=caption)
     return results, table
@@ -119,17 +120,10 @@ def choose_final_config(ctx: Context, table_name: str = "arch2_trials",
 
 def evaluate_on_test(ctx: Context, model: torch.nn.Module) -> dict:
     """Everything the final notebooks report about a model on the test split, computed once."""
-    from .evaluation import (accuracy, confusion_matrix, merged_accuracy, most_confused_pairs,
-                             per_class_accuracy, predict)
+    from .evaluation import predict
 
     s = ctx.splits
-    predictions = predict(model, s.test_images, s.mean, s.std, device=ctx.device)
-    return {"predictions": predictions,
-            "accuracy": accuracy(predictions, s.test_labels),
-            "merged_accuracy": merged_accuracy(predictions, s.test_labels, s.classes),
-            "confusion": confusion_matrix(predictions, s.test_labels, len(s.classes)),
-            "per_class": per_class_accuracy(predictions, s.test_labels, s.classes),
-            "most_confused": most_confused_pairs(predictions, s.test_labels, s.classes)}
+    return evaluate_predictions(ctx, predict(model, s.test_images, s.mean, s.std, device=ctx.device))
 
 
 def save_model_and_metrics(ctx: Context, result: TrialResult, evaluation: dict, name: str) -> dict:
@@ -148,3 +142,88 @@ def save_model_and_metrics(ctx: Context, result: TrialResult, evaluation: dict, 
                "history": result.history.to_dict()}
     path = write_json(metrics, f"{name}_metrics", provenance=ctx.provenance, profile=ctx.profile.name)
     return {"weights": weights, "metrics": path}
+
+
+# ----------------------------------------------------------------------------- studies (notebooks 05 and 06)
+
+
+def run_study(ctx: Context, study, *, seeds: Sequence[int] | None = None, baseline: str | None = None):
+    """Run (or load) a study of `emnist_utils.studies` and write results/<study.name>.{csv,md,tex}.
+
+    Gains and the noise screen are relative to the variant labelled `baseline` (default: the first row).
+    The smoke profile trains one seed per variant (the same code path, a fraction of the time)."""
+    from .studies import run_study as _run, within_noise
+
+    if seeds is None and ctx.profile.name == "smoke":
+        seeds = (ctx.seed,)
+    table, results = _run(ctx, study, seeds=seeds)
+    base = table.index[table["variant"] == baseline][0] if baseline else 0
+    table["gain_vs_baseline"] = (table["val_acc_mean_%"] - table["val_acc_mean_%"].iloc[base]).round(2)
+    table["within_noise_of_baseline"] = within_noise(table, base)
+    write_table(table, study.name, provenance=ctx.provenance, profile=ctx.profile.name,
+                caption=f"{study.title}: validation accuracy (mean over seeds)")
+    return table, results
+
+
+def evaluate_predictions(ctx: Context, predictions: torch.Tensor) -> dict:
+    """The test-split numbers a report gives for one set of predictions."""
+    from .evaluation import accuracy, confusion_matrix, merged_accuracy, most_confused_pairs, per_class_accuracy
+
+    s = ctx.splits
+    return {"predictions": predictions,
+            "accuracy": accuracy(predictions, s.test_labels),
+            "merged_accuracy": merged_accuracy(predictions, s.test_labels, s.classes),
+            "confusion": confusion_matrix(predictions, s.test_labels, len(s.classes)),
+            "per_class": per_class_accuracy(predictions, s.test_labels, s.classes),
+            "most_confused": most_confused_pairs(predictions, s.test_labels, s.classes)}
+
+
+def test_probabilities(ctx: Context, model: torch.nn.Module) -> torch.Tensor:
+    from .evaluation import predict_logits
+
+    s = ctx.splits
+    return predict_logits(model, s.test_images, s.mean, s.std, device=ctx.device).softmax(1)
+
+
+def seeds_on_test(ctx: Context, label: str, runs: Sequence[TrialResult]) -> tuple[dict, torch.Tensor]:
+    """Test accuracy of each seed's model and of their ensemble (mean of softmax outputs), computed once.
+
+    Returns one summary row and the ensemble's probabilities."""
+    import statistics
+
+    from .evaluation import accuracy, merged_accuracy
+
+    s = ctx.splits
+    probabilities = [test_probabilities(ctx, r.model) for r in runs]
+    tests = [accuracy(p.argmax(1), s.test_labels) for p in probabilities]
+    ensemble = torch.stack(probabilities).mean(0)
+    spread = round(statistics.stdev(tests), 2) if len(tests) > 1 else float("nan")
+    return ({"model": label, "seeds": len(runs), "parameters_per_model": runs[0].parameters,
+             "val_acc_mean_%": round(statistics.fmean(r.val_acc for r in runs), 2),
+             "test_acc_mean_%": round(statistics.fmean(tests), 2), "test_acc_std": spread,
+             "test_acc_min_%": round(min(tests), 2), "test_acc_max_%": round(max(tests), 2),
+             "test_acc_per_seed_%": " / ".join(f"{t:.2f}" for t in tests),
+             "ensemble_test_acc_%": round(accuracy(ensemble.argmax(1), s.test_labels), 2),
+             "merged_confusable_test_acc_%": round(statistics.fmean(
+                 merged_accuracy(p.argmax(1), s.test_labels, s.classes) for p in probabilities), 2),
+             "train_seconds_per_model": round(statistics.fmean(r.train_seconds for r in runs), 1),
+             "trained_on": ", ".join(sorted({r.device for r in runs}))}, ensemble)
+
+
+def summary_points(ctx: Context, study_tables: dict) -> "pd.DataFrame":
+    """Every CNN of the project as (group, label, parameters, validation accuracy) for one summary figure:
+    the report's trial tables (notebooks 02 and 03, when they ran on this data) plus the given study tables."""
+    import pandas as pd
+
+    rows = []
+    for name, group in (("arch1_trials", "Architecture 1 trials (report Table 1.1)"),
+                        ("arch2_trials", "Architecture 2 trials (report Table 1.2)")):
+        table = read_table(name, ctx.profile.name)
+        if table is None or table["data_sha256"].iloc[0] != ctx.provenance["checksum"]:
+            continue
+        rows += [{"group": group, "label": f"trial {r['trial']}", "parameters": r["parameters"],
+                  "val_acc": r["val_acc_%"]} for _, r in table.iterrows()]
+    for group, table in study_tables.items():
+        rows += [{"group": group, "label": r["variant"], "parameters": r["parameters"],
+                  "val_acc": r["val_acc_mean_%"]} for _, r in table.iterrows()]
+    return pd.DataFrame(rows)

@@ -51,14 +51,15 @@ def plot_history(history, title: str = "") -> plt.Figure:
     return fig
 
 
-def plot_trial_curves(results, title: str = "") -> plt.Figure:
-    """Validation loss and accuracy of every trial in one figure, one line per trial."""
+def plot_trial_curves(results, title: str = "", labels: Sequence[str] | None = None) -> plt.Figure:
+    """Validation loss and accuracy of every trial in one figure, one line per trial (named by `labels`,
+    else by each config's name)."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
     palette = sns.color_palette("tab10", len(results))
-    for color, result in zip(palette, results):
+    for i, (color, result) in enumerate(zip(palette, results)):
         h = result.history
         epochs = np.arange(1, h.epochs + 1)
-        label = f"{result.config.name} ({h.val_acc[-1]:.1f}%)"
+        label = f"{labels[i] if labels else result.config.name} ({h.val_acc[-1]:.1f}%)"
         ax_loss.plot(epochs, h.val_loss, "o-", color=color, label=label, markersize=3)
         ax_acc.plot(epochs, h.val_acc, "o-", color=color, label=label, markersize=3)
     ax_loss.set(xlabel="epoch", ylabel="validation loss", title="Validation loss")
@@ -197,5 +198,61 @@ def plot_pixel_histogram(images, mean: float, std: float) -> plt.Figure:
     ax.axvspan(max(mean - std, 0), mean + std, color="firebrick", alpha=0.1, label=f"± std {std:.4f}")
     ax.set(xlabel="pixel value (scaled to [0, 1])", ylabel="pixels (log scale)", title="Pixel intensities (train)")
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_study(table, title: str = "", baseline_row: int = 0) -> plt.Figure:
+    """Mean validation accuracy of each variant with its spread over seeds (min to max) and the baseline's mean
+    as a reference line, so differences within seed noise are visible as such."""
+    n = len(table)
+    fig, ax = plt.subplots(figsize=(11, 0.5 * n + 1.4))
+    y = np.arange(n)[::-1]
+    mean = table["val_acc_mean_%"].to_numpy()
+    low = mean - table["val_acc_min_%"].to_numpy()
+    high = table["val_acc_max_%"].to_numpy() - mean
+    ax.errorbar(mean, y, xerr=[low, high], fmt="o", capsize=4, color="tab:blue")
+    ax.axvline(mean[baseline_row], color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(y, [f"{v} ({s} seed{'s' if s > 1 else ''})" for v, s in zip(table["variant"], table["seeds"])])
+    ax.set_xlabel("validation accuracy (%): mean, bars from min to max over seeds")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_vs_parameters(points, baselines=None, title: str = "", floor: float = 80.0) -> plt.Figure:
+    """Left: validation accuracy against parameter count for every CNN (one colour per group; runs below
+    `floor`, such as a diverged trial, are listed instead of stretching the axis). Right: the best CNN of each
+    group beside the classic classifiers, whose 'parameters' are not comparable, on one accuracy axis."""
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [3, 2]})
+    groups = list(dict.fromkeys(points["group"]))
+    palette = dict(zip(groups, sns.color_palette("tab10", max(len(groups), 1))))
+    shown = points[points["val_acc"] >= floor]
+    for group in groups:
+        part = shown[shown["group"] == group]
+        ax.scatter(part["parameters"], part["val_acc"], color=palette[group], label=group, s=40, alpha=0.85)
+    dropped = points[points["val_acc"] < floor]
+    if len(dropped):
+        ax.text(0.01, 0.01, "not shown (below {:.0f}%): ".format(floor) + "; ".join(
+            f"{r['group'].split(' (')[0]} {r['label']} {r['val_acc']:.1f}%" for _, r in dropped.iterrows()),
+            transform=ax.transAxes, fontsize=7, color="dimgrey")
+    ax.set_xscale("log")
+    ax.set(xlabel="trainable parameters (log scale)", ylabel="validation accuracy (%)",
+           title="CNNs: accuracy against size")
+    ax.legend(fontsize=7, loc="lower right")
+    best = points.loc[points.groupby("group", sort=False)["val_acc"].idxmax()] if len(points) else points
+    labels = [f"{r['group'].split(' (')[0]}: {r['label']}" for _, r in best.iterrows()] + list(baselines or {})
+    values = list(best["val_acc"]) + list((baselines or {}).values())
+    colors = [palette[g] for g in best["group"]] + ["grey"] * len(baselines or {})
+    order = np.argsort(values)
+    bars.barh(np.arange(len(values)), np.array(values)[order], color=np.array(colors, dtype=object)[order])
+    for y, v in enumerate(np.array(values)[order]):
+        bars.text(v + 0.3, y, f"{v:.1f}", va="center", fontsize=7)
+    bars.set_yticks(np.arange(len(values)), np.array(labels, dtype=object)[order], fontsize=7)
+    bars.set(xlabel="validation accuracy (%)", title="Best of each group and classic classifiers",
+             xlim=(0, 100))
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig

