@@ -225,7 +225,7 @@ def plot_accuracy_vs_parameters(points, baselines=None, title: str = "", floor: 
     """Left: validation accuracy against parameter count for every CNN (one colour per group; runs below
     `floor`, such as a diverged trial, are listed instead of stretching the axis). Right: the best CNN of each
     group beside the classic classifiers, whose 'parameters' are not comparable, on one accuracy axis."""
-    fig, (ax, bars) = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(14, 7), gridspec_kw={"width_ratios": [3, 2]})
     groups = list(dict.fromkeys(points["group"]))
     palette = dict(zip(groups, sns.color_palette("tab10", max(len(groups), 1))))
     shown = points[points["val_acc"] >= floor]
@@ -240,7 +240,7 @@ def plot_accuracy_vs_parameters(points, baselines=None, title: str = "", floor: 
     ax.set_xscale("log")
     ax.set(xlabel="trainable parameters (log scale)", ylabel="validation accuracy (%)",
            title="CNNs: accuracy against size")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     best = points.loc[points.groupby("group", sort=False)["val_acc"].idxmax()] if len(points) else points
     labels = [f"{r['group'].split(' (')[0]}: {r['label']}" for _, r in best.iterrows()] + list(baselines or {})
     values = list(best["val_acc"]) + list((baselines or {}).values())
@@ -250,8 +250,9 @@ def plot_accuracy_vs_parameters(points, baselines=None, title: str = "", floor: 
     for y, v in enumerate(np.array(values)[order]):
         bars.text(v + 0.3, y, f"{v:.1f}", va="center", fontsize=7)
     bars.set_yticks(np.arange(len(values)), np.array(labels, dtype=object)[order], fontsize=7)
+    low = 50 if values and min(values) >= 55 else 0  # start the axis where the differences are
     bars.set(xlabel="validation accuracy (%)", title="Best of each group and classic classifiers",
-             xlim=(0, 100))
+             xlim=(low, 100))
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -167,3 +167,19 @@ def within_noise(table: pd.DataFrame, baseline_row: int = 0) -> pd.Series:
         se = ((row["val_acc_std"] ** 2) / row["seeds"] + (base["val_acc_std"] ** 2) / base["seeds"]) ** 0.5
         out.append("yes" if abs(row["val_acc_mean_%"] - base["val_acc_mean_%"]) < 2 * se else "no")
     return pd.Series(out, index=table.index, name="within_noise")
+
+
+def describe_study(study: Study) -> pd.DataFrame:
+    """What each variant trains (architecture, size, hyperparameters, recipe changes, seeds): a checked
+    notebook output, independent of any training."""
+    from .models import build_model, count_parameters
+
+    rows = []
+    for v in study.variants:
+        c = v.config
+        recipe = {k: val for k, val in v.recipe.as_dict().items() if val != getattr(REPORT_RECIPE, k)}
+        rows.append({"variant": v.label, "arch": c.arch, "c1/c2/hidden": f"{c.c1}/{c.c2}/{c.hidden}",
+                     "dropout": c.dropout, "lr": c.lr, "batch": c.batch_size, "epochs": c.epochs,
+                     "recipe changes": ", ".join(f"{k}={val}" for k, val in recipe.items()) or "-",
+                     "parameters": count_parameters(build_model(c)), "seeds (full profile)": len(v.seeds)})
+    return pd.DataFrame(rows)

@@ -124,3 +124,15 @@ def build_dataset(root: Path, split: str = "synth", n_train: int = 40, n_test: i
         data[-1] ^= 0xFF
         path.write_bytes(bytes(data))
     return ds
+
+
+def record_calls(monkeypatch, owner, name: str, record=lambda args: args) -> list:
+    """Replace owner.name by a wrapper that appends record(args) to the returned list, then calls through."""
+    calls, original = [], getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(record(args))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls

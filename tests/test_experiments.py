@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import record_calls
 import torch
 
 from emnist_utils import experiments as X
@@ -32,16 +33,8 @@ def splits(standin_data):
 
 @pytest.fixture
 def fit_calls(monkeypatch):
-    """Count the trainings run_trial starts."""
-    calls = []
-    real_fit = X.fit
-
-    def counting_fit(*args, **kwargs):
-        calls.append(args[2])
-        return real_fit(*args, **kwargs)
-
-    monkeypatch.setattr(X, "fit", counting_fit)
-    return calls
+    """Count the trainings run_trial starts (each call's config)."""
+    return record_calls(monkeypatch, X, "fit", record=lambda args: args[2])
 
 
 def forbid_training(monkeypatch):

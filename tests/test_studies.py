@@ -194,3 +194,11 @@ def test_run_studies_cli_fills_the_cache(monkeypatch, capsys, tmp_path):
                       "--quiet", "--device", "cpu"])
     out = capsys.readouterr().out
     assert "tiny variant [seed 1]" in out and "[seed 0]" not in out and "on cpu" in out
+
+
+def test_describe_study_lists_what_each_variant_trains():
+    table = S.describe_study(S.BEYOND_STUDY)
+    assert list(table["variant"]) == [v.label for v in S.BEYOND_STUDY.variants]
+    assert table.loc[0, "recipe changes"] == "-" and table.loc[0, "parameters"] == 976_239
+    assert "augment=affine+erasing" in table.loc[4, "recipe changes"]
+    assert (table["parameters"] <= 1_000_000).all()
