@@ -221,10 +221,13 @@ def plot_study(table, title: str = "", baseline_row: int = 0) -> plt.Figure:
     return fig
 
 
-def plot_accuracy_vs_parameters(points, baselines=None, title: str = "", floor: float = 80.0) -> plt.Figure:
+def plot_accuracy_vs_parameters(points, baselines=None, title: str = "", floor: float | None = None) -> plt.Figure:
     """Left: validation accuracy against parameter count for every CNN (one colour per group; runs below
-    `floor`, such as a diverged trial, are listed instead of stretching the axis). Right: the best CNN of each
-    group beside the classic classifiers, whose 'parameters' are not comparable, on one accuracy axis."""
+    `floor`, such as a diverged trial, are listed instead of stretching the axis; default: 20 points under the
+    median, at most 80%). Right: the best CNN of each group beside the classic classifiers, whose 'parameters'
+    are not comparable, on one accuracy axis."""
+    if floor is None:
+        floor = min(80.0, float(points["val_acc"].median()) - 20) if len(points) else 0.0
     fig, (ax, bars) = plt.subplots(1, 2, figsize=(14, 7), gridspec_kw={"width_ratios": [3, 2]})
     groups = list(dict.fromkeys(points["group"]))
     palette = dict(zip(groups, sns.color_palette("tab10", max(len(groups), 1))))
@@ -237,10 +240,12 @@ def plot_accuracy_vs_parameters(points, baselines=None, title: str = "", floor: 
         ax.text(0.01, 0.01, "not shown (below {:.0f}%): ".format(floor) + "; ".join(
             f"{r['group'].split(' (')[0]} {r['label']} {r['val_acc']:.1f}%" for _, r in dropped.iterrows()),
             transform=ax.transAxes, fontsize=7, color="dimgrey")
-    ax.set_xscale("log")
+    if len(shown):
+        ax.set_xscale("log")
     ax.set(xlabel="trainable parameters (log scale)", ylabel="validation accuracy (%)",
            title="CNNs: accuracy against size")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    if len(shown):
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     best = points.loc[points.groupby("group", sort=False)["val_acc"].idxmax()] if len(points) else points
     labels = [f"{r['group'].split(' (')[0]}: {r['label']}" for _, r in best.iterrows()] + list(baselines or {})
     values = list(best["val_acc"]) + list((baselines or {}).values())
@@ -250,7 +255,7 @@ def plot_accuracy_vs_parameters(points, baselines=None, title: str = "", floor: 
     for y, v in enumerate(np.array(values)[order]):
         bars.text(v + 0.3, y, f"{v:.1f}", va="center", fontsize=7)
     bars.set_yticks(np.arange(len(values)), np.array(labels, dtype=object)[order], fontsize=7)
-    low = 50 if values and min(values) >= 55 else 0  # start the axis where the differences are
+    low = 50 if len(values) and min(values) >= 55 else 0  # start the axis where the differences are
     bars.set(xlabel="validation accuracy (%)", title="Best of each group and classic classifiers",
              xlim=(low, 100))
     if title:

@@ -202,3 +202,20 @@ def test_describe_study_lists_what_each_variant_trains():
     assert table.loc[0, "recipe changes"] == "-" and table.loc[0, "parameters"] == 976_239
     assert "augment=affine+erasing" in table.loc[4, "recipe changes"]
     assert (table["parameters"] <= 1_000_000).all()
+
+
+@pytest.mark.parametrize("accs", [[88.0, 90.0, 3.5], [30.0, 45.0, 2.0], []])
+def test_summary_figure_for_any_accuracies(accs):
+    """Full runs (a diverged trial among ~88% ones) and smoke runs (everything far below 80%) both plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from emnist_utils.plots import plot_accuracy_vs_parameters
+
+    points = pd.DataFrame({"group": ["g1", "g2", "g1"][:len(accs)], "label": ["a", "b", "c"][:len(accs)],
+                           "parameters": [1e5, 6e5, 1e6][:len(accs)], "val_acc": accs},
+                          columns=["group", "label", "parameters", "val_acc"])
+    fig = plot_accuracy_vs_parameters(points, {"logistic regression": 60.0})
+    scatter = fig.axes[0]
+    shown = sum(len(c.get_offsets()) for c in scatter.collections)
+    assert shown == sum(a >= min(80.0, (pd.Series(accs).median() if accs else 0) - 20) for a in accs)
