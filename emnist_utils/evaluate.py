@@ -17,6 +17,13 @@ from .paths import resolve
 from .training import pick_device
 
 
+def output_classes(model) -> int:
+    """How many classes a model predicts, whatever its layer names: the width of its last linear layer."""
+    import torch
+
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True, help="a .pt file written by save_weights")
@@ -32,8 +39,9 @@ def main(argv=None) -> int:
     if meta.get("mean") is None:
         print("error: the weights file has no normalisation constants", file=sys.stderr)
         return 2
-    if data.num_classes != model.fc2.out_features:
-        print(f"error: the model predicts {model.fc2.out_features} classes, split '{data.split}' has "
+    outputs = output_classes(model)
+    if data.num_classes != outputs:
+        print(f"error: the model predicts {outputs} classes, split '{data.split}' has "
               f"{data.num_classes}", file=sys.stderr)
         return 2
     device = pick_device()

@@ -1,6 +1,7 @@
 """The command-line entry points people use to check weights and data: exit codes and what they print."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from emnist_utils import evaluate
@@ -9,18 +10,21 @@ from emnist_utils.models import FINAL_CONFIG, build_model
 from helpers import build_dataset
 
 
-def _weights_for(tmp_path, data_checksum="elsewhere"):
+def _weights_for(tmp_path, data_checksum="elsewhere", cfg=FINAL_CONFIG.with_(hidden=16)):
     torch.manual_seed(0)
-    model = build_model(FINAL_CONFIG.with_(hidden=16))
+    model = build_model(cfg)
     path = tmp_path / "model.pt"
-    save_weights(model, FINAL_CONFIG.with_(hidden=16), path, mean=0.17, std=0.33,
+    save_weights(model, cfg, path, mean=0.17, std=0.33,
                  provenance={"dataset": "emnist-synth", "split": "synth", "checksum": data_checksum})
     return model, path
 
 
-def test_evaluate_prints_the_accuracy_of_saved_weights(tmp_path, capsys):
+@pytest.mark.parametrize("cfg", [FINAL_CONFIG.with_(hidden=16),
+                                 FINAL_CONFIG.with_(arch="compact", c1=4, c2=8, hidden=8)],
+                         ids=["report architecture", "compact CNN (notebook 05's best_model.pt)"])
+def test_evaluate_prints_the_accuracy_of_saved_weights(tmp_path, capsys, cfg):
     root = build_dataset(tmp_path / "data", split="synth", n_train=40, n_test=12).root
-    model, weights = _weights_for(tmp_path)
+    model, weights = _weights_for(tmp_path, cfg=cfg)
     from emnist_utils.data import load_emnist
     from emnist_utils.evaluation import accuracy, predict
 
