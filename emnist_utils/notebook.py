@@ -118,12 +118,14 @@ def choose_final_config(ctx: Context, table_name: str = "arch2_trials",
                  f"({best['val_acc_%']:.2f}%) in results/{table_name}.csv")
 
 
-def evaluate_on_test(ctx: Context, model: torch.nn.Module) -> dict:
-    """Everything the final notebooks report about a model on the test split, computed once."""
-    from .evaluation import predict
+def input_normalisation(ctx: Context, result: TrialResult) -> tuple[float, float]:
+    """The (mean, std) a trained model expects: the one its recipe trained it with, never assumed."""
+    return Recipe(**result.recipe).normalisation(ctx.splits)
 
-    s = ctx.splits
-    return evaluate_predictions(ctx, predict(model, s.test_images, s.mean, s.std, device=ctx.device))
+
+def evaluate_on_test(ctx: Context, result: TrialResult) -> dict:
+    """Everything the final notebooks report about a trained model on the test split, computed once."""
+    return evaluate_predictions(ctx, test_probabilities(ctx, result).argmax(1))
 
 
 def save_model_and_metrics(ctx: Context, result: TrialResult, evaluation: dict, name: str) -> dict:
@@ -133,8 +135,8 @@ def save_model_and_metrics(ctx: Context, result: TrialResult, evaluation: dict, 
     from .reporting import write_json
 
     weights = results_dir(ctx.profile.name) / f"{name}.pt"
-    save_weights(result.model, result.config, weights, provenance=ctx.provenance, mean=ctx.splits.mean,
-                 std=ctx.splits.std)
+    mean, std = input_normalisation(ctx, result)
+    save_weights(result.model, result.config, weights, provenance=ctx.provenance, mean=mean, std=std)
     metrics = {"config": result.to_json()["config"], "recipe": result.recipe, "seed": result.seed,
                "parameters": result.parameters, "train_seconds": round(result.train_seconds, 1),
                "final_val_acc": result.val_acc, "test_acc": evaluation["accuracy"],
@@ -178,23 +180,25 @@ def evaluate_predictions(ctx: Context, predictions: torch.Tensor) -> dict:
             "most_confused": most_confused_pairs(predictions, s.test_labels, s.classes)}
 
 
-def test_probabilities(ctx: Context, model: torch.nn.Module) -> torch.Tensor:
+def test_probabilities(ctx: Context, result: TrialResult) -> torch.Tensor:
+    """Class probabilities of a trained model for every test image, with the input normalisation it was
+    trained with."""
     from .evaluation import predict_logits
 
-    s = ctx.splits
-    return predict_logits(model, s.test_images, s.mean, s.std, device=ctx.device).softmax(1)
+    mean, std = input_normalisation(ctx, result)
+    return predict_logits(result.model, ctx.splits.test_images, mean, std, device=ctx.device).softmax(1)
 
 
-def seeds_on_test(ctx: Context, label: str, runs: Sequence[TrialResult]) -> tuple[dict, torch.Tensor]:
+def seeds_on_test(ctx: Context, label: str, runs: Sequence[TrialResult]) -> tuple[dict, list[torch.Tensor]]:
     """Test accuracy of each seed's model and of their ensemble (mean of softmax outputs), computed once.
 
-    Returns one summary row and the ensemble's probabilities."""
+    Returns one summary row and each seed's test probabilities (reuse them instead of predicting again)."""
     import statistics
 
     from .evaluation import accuracy, merged_accuracy
 
     s = ctx.splits
-    probabilities = [test_probabilities(ctx, r.model) for r in runs]
+    probabilities = [test_probabilities(ctx, r) for r in runs]
     tests = [accuracy(p.argmax(1), s.test_labels) for p in probabilities]
     ensemble = torch.stack(probabilities).mean(0)
     spread = round(statistics.stdev(tests), 2) if len(tests) > 1 else float("nan")
@@ -207,7 +211,7 @@ def seeds_on_test(ctx: Context, label: str, runs: Sequence[TrialResult]) -> tupl
              "merged_confusable_test_acc_%": round(statistics.fmean(
                  merged_accuracy(p.argmax(1), s.test_labels, s.classes) for p in probabilities), 2),
              "train_seconds_per_model": round(statistics.fmean(r.train_seconds for r in runs), 1),
-             "trained_on": ", ".join(sorted({r.device for r in runs}))}, ensemble)
+             "trained_on": ", ".join(sorted({r.device for r in runs}))}, probabilities)
 
 
 def summary_points(ctx: Context, study_tables: dict) -> "pd.DataFrame":

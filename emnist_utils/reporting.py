@@ -19,7 +19,7 @@ def trial_table(results: Sequence) -> pd.DataFrame:
                      "c2": c.c2, "hidden": c.hidden, "dropout": c.dropout, "parameters": r.parameters,
                      "val_acc_%": round(r.val_acc, 2), "best_epoch_val_acc_%": round(max(r.history.val_acc), 2),
                      "report_val_acc_%": c.report_val_acc, "train_seconds": round(r.train_seconds, 1),
-                     "trained_on": getattr(r, "device", "") or "?"})
+                     "trained_on": r.device or "?"})
     return pd.DataFrame(rows)
 
 

@@ -119,7 +119,7 @@ def jobs(studies: Sequence[Study]) -> list[tuple[Variant, int]]:
     for study in studies:
         for v in study.variants:
             for seed in v.seeds:
-                ident = (v.config.training_dict().__repr__(), repr(v.recipe), seed)
+                ident = (repr(v.config.training_dict()), repr(v.recipe), seed)
                 if ident not in seen:
                     seen.add(ident)
                     out.append((v, seed))

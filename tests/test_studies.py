@@ -219,3 +219,20 @@ def test_summary_figure_for_any_accuracies(accs):
     scatter = fig.axes[0]
     shown = sum(len(c.get_offsets()) for c in scatter.collections)
     assert shown == sum(a >= min(80.0, (pd.Series(accs).median() if accs else 0) - 20) for a in accs)
+
+
+def test_saved_and_evaluated_models_use_the_normalisation_they_were_trained_with(splits):
+    from emnist_utils import notebook as nb
+    from emnist_utils.evaluation import predict_logits
+    from emnist_utils.experiments import load_weights
+
+    ctx = nb.Context(profile=PROFILE, seed=0, device=torch.device("cpu"), data=None, splits=splits)
+    unit = ctx.run(TINY, recipe=Recipe(input_norm="unit"))
+    assert nb.input_normalisation(ctx, unit) == (0.0, 1.0)
+    expected = predict_logits(unit.model, splits.test_images, 0.0, 1.0).softmax(1)
+    assert torch.allclose(nb.test_probabilities(ctx, unit), expected)
+    paths = nb.save_model_and_metrics(ctx, unit, nb.evaluate_on_test(ctx, unit), "unit_model")
+    _, meta = load_weights(paths["weights"])
+    assert (meta["mean"], meta["std"]) == (0.0, 1.0)
+    standard = ctx.run(TINY)
+    assert nb.input_normalisation(ctx, standard) == (splits.mean, splits.std)
