@@ -45,8 +45,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from .data import Splits
-from .experiments import _read_entry
-from .paths import atomic_path, cache_dir
+from .experiments import read_entry, write_entry
+from .paths import cache_dir
 from .profiles import Profile
 
 # Bump when the way a baseline is trained or scored changes in a way its parameters do not show.
@@ -158,13 +158,6 @@ def baseline_key(name: str, pipeline: Pipeline, splits: Splits, profile: Profile
     return "baseline-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _write_entry(path: Path, payload: dict) -> None:
-    """Store `payload` with its own sha256, atomically: the format `experiments._read_entry` checks."""
-    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"sha256": digest, "payload": payload}, indent=1))
-
-
 # ----------------------------------------------------------------------------- running
 
 
@@ -191,7 +184,7 @@ def run_baseline(name: str, splits: Splits, profile: Profile, *, seed: int = 0, 
     used = n_train if subset is None else len(subset)
     key = baseline_key(name, pipeline, splits, profile, seed, used)
     entry_path = cache_dir() / "results" / f"{key}.json"
-    payload = None if retrain else _read_entry(entry_path, key)
+    payload = None if retrain else read_entry(entry_path, key)
     if payload is not None:
         return payload
 
@@ -216,7 +209,7 @@ def run_baseline(name: str, splits: Splits, profile: Profile, *, seed: int = 0, 
                "sizes": splits.sizes(), "split_seed": splits.seed, "profile": profile.name, "seed": seed,
                "sklearn_version": sklearn.__version__, "cpu_count": os.cpu_count(),
                "provenance": dict(splits.provenance), "key": key}
-    _write_entry(entry_path, payload)
+    write_entry(entry_path, payload)
     return payload
 
 

@@ -66,7 +66,7 @@ class TrialResult:
                 "provenance": self.provenance, "key": self.key, "recipe": self.recipe, "device": self.device}
 
 
-def _read_entry(path: Path, key: str) -> dict | None:
+def read_entry(path: Path, key: str) -> dict | None:
     """A cache entry's payload if it is complete and self-consistent; None (with a warning) otherwise."""
     if not path.is_file():
         return None
@@ -80,6 +80,13 @@ def _read_entry(path: Path, key: str) -> dict | None:
     except Exception as exc:
         warnings.warn(f"cache entry {path} is corrupt ({exc}); recomputing it")
         return None
+
+
+def write_entry(path: Path, payload: dict) -> None:
+    """Store a cache entry: `payload` with its own sha256, written atomically (what `read_entry` checks)."""
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"sha256": digest, "payload": payload}, indent=1))
 
 
 def run_trial(cfg: TrialConfig, splits: Splits, profile: Profile, *, seed: int = 0, recipe: Recipe = REPORT_RECIPE,
@@ -98,7 +105,7 @@ def run_trial(cfg: TrialConfig, splits: Splits, profile: Profile, *, seed: int =
     entry_path, weights_path = root / "results" / f"{key}.json", root / "weights" / f"{key}.pt"
     checkpoint = root / "checkpoints" / f"{key}.pt"
 
-    payload = None if retrain else _read_entry(entry_path, key)
+    payload = None if retrain else read_entry(entry_path, key)
     model = None
     if require_model is None:
         require_model = keep_model
@@ -128,10 +135,7 @@ def run_trial(cfg: TrialConfig, splits: Splits, profile: Profile, *, seed: int =
                          device=device_name(device))
     if keep_model:
         save_weights(model, cfg, weights_path, provenance=splits.provenance, extra={"key": key})
-    payload = result.to_json()
-    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-    with atomic_path(entry_path) as tmp:
-        tmp.write_text(json.dumps({"sha256": digest, "payload": payload}, indent=1))
+    write_entry(entry_path, result.to_json())
     checkpoint.unlink(missing_ok=True)  # the run is finished: its checkpoint is no longer needed
     return result
 

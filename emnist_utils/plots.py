@@ -240,11 +240,10 @@ def plot_accuracy_vs_parameters(points, baselines=None, title: str = "", floor: 
         ax.text(0.01, 0.01, "not shown (below {:.0f}%): ".format(floor) + "; ".join(
             f"{r['group'].split(' (')[0]} {r['label']} {r['val_acc']:.1f}%" for _, r in dropped.iterrows()),
             transform=ax.transAxes, fontsize=7, color="dimgrey")
-    if len(shown):
-        ax.set_xscale("log")
     ax.set(xlabel="trainable parameters (log scale)", ylabel="validation accuracy (%)",
            title="CNNs: accuracy against size")
-    if len(shown):
+    if len(shown):  # an empty axis cannot be log-scaled and has nothing to label
+        ax.set_xscale("log")
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     best = points.loc[points.groupby("group", sort=False)["val_acc"].idxmax()] if len(points) else points
     labels = [f"{r['group'].split(' (')[0]}: {r['label']}" for _, r in best.iterrows()] + list(baselines or {})
