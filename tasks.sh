@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The project's two commands (see README):
-#   bash tasks.sh main   set up, get and verify the data, execute every notebook (full profile)
-#   bash tasks.sh test   set up, then the unit tests and nbval over every notebook (smoke profile)
-# Both create .venv with requirements.txt on first use. Data location and split come from
-# EMNIST_DATA (default data/) and EMNIST_SPLIT (default balanced, downloaded when missing).
+#   bash tasks.sh main   set up, get and verify the data, plan, train and execute every notebook (full profile)
+#   bash tasks.sh test   set up, then ruff, the unit tests and nbval over every notebook (smoke profile)
+# Both create .venv with requirements.txt on first use. Data location and split come from EMNIST_DATA
+# (default data/) and EMNIST_SPLIT (default: the split present there, else balanced, downloaded when missing);
+# the profile from EMNIST_PROFILE (main: full; test: smoke) and the runs at once from EMNIST_JOBS (default auto).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -25,12 +26,14 @@ setup() {
 case "${1:-}" in
   main)
     setup
-    .venv/bin/python -m emnist_utils          # download (balanced) and verify the data
-    .venv/bin/python -m emnist_utils.run_notebooks --profile "${EMNIST_PROFILE:-full}"
+    export EMNIST_RESUME_COMMAND="${EMNIST_PROFILE:+EMNIST_PROFILE=$EMNIST_PROFILE }bash tasks.sh main"
+    exec .venv/bin/python -m emnist_utils notebooks --profile "${EMNIST_PROFILE:-full}" --jobs "${EMNIST_JOBS:-auto}"
     ;;
   test)
     setup
     export EMNIST_PROFILE=${EMNIST_PROFILE:-smoke}
+    .venv/bin/ruff format --check .
+    .venv/bin/ruff check .
     set +e
     .venv/bin/python -m pytest -p no:cacheprovider --nbval-lax tests notebooks -ra
     rc=$?

@@ -1,9 +1,21 @@
-"""Helpers for the emnist-cnn notebooks: data, models, training, evaluation, plots and result files."""
-from .data import EMNIST, Batches, DataError, Splits, load_emnist, make_splits, train_val_split
-from .experiments import TrialResult, WeightsError, load_weights, run_trial, save_weights
-from .models import (FINAL_CONFIG, REPORT_FINAL_PARAMETERS, REPORT_FINAL_TEST_ACC, TABLE_1_1, TABLE_1_2,
-                     Architecture1, Architecture2, ConfigError, TrialConfig, build_model, count_parameters)
-from .profiles import PROFILES, Profile, get_profile
-from .training import REPORT_RECIPE, History, Recipe, fit, pick_device, seed_everything
+"""emnist-cnn: handwritten character recognition on EMNIST with PyTorch; the package the notebooks call.
 
-__version__ = "0.1.0"
+Layout: `core` (data, splits, models and variants behind one registry, training, evaluation, trained-model
+files, code fingerprints, plots, reporting), `experiments` (run specs and their store, trial tables, studies,
+baselines, profiles, the runner and its plan), `notebook` (what the notebooks call), `main_job` (the main job)
+and `cli` (the one command line, `python -m emnist_utils`).
+"""
+from .core.data import EMNIST, DataError, load_emnist
+from .core.registry import ConfigError, ModelSpec, build_model, count_parameters
+from .core.splits import Splits, make_splits
+from .core.trained_model import ModelFileError, TrainedModel
+from .core.training import Recipe, fit, pick_device
+from .experiments.profiles import PROFILES, Profile, get_profile
+from .experiments.spec import RunSpec
+from .experiments.store import RunResult, Store
+
+__version__ = "0.2.0"
+
+__all__ = ["EMNIST", "DataError", "load_emnist", "ConfigError", "ModelSpec", "build_model", "count_parameters",
+           "Splits", "make_splits", "ModelFileError", "TrainedModel", "Recipe", "fit", "pick_device", "PROFILES",
+           "Profile", "get_profile", "RunSpec", "RunResult", "Store"]

@@ -1,71 +1,173 @@
-"""What every notebook does first and the studies they share, defined once (d2l-style helpers).
+"""What the notebooks call: one `Context` per notebook (profile, data, store, output folders) and its helpers.
 
-Notebooks call `start(...)` from their parameters cell, then the study helpers below; each helper is
-the same code path for the smoke and full profiles.
+A notebook's parameters cell hands its values to `start`; everything the notebook then writes goes where the
+context's own profile says (committed `figures/` and `results/` for `full`, `outputs/<profile>/` otherwise),
+however the profile was set. Each helper is one step a notebook reads as prose: run a table of trials, run a
+study, evaluate a model on the test split once, save it.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
+import matplotlib.pyplot as plt
+import numpy
+import pandas as pd
+import sklearn
 import torch
+from torchsummary import summary
 
-from .data import EMNIST, Splits, load_emnist, make_splits
-from .experiments import TrialResult, run_trial
-from .models import FINAL_CONFIG, TrialConfig, build_model
-from .profiles import Profile, get_profile
-from .reporting import read_table, trial_table, write_table
-from .training import REPORT_RECIPE, Recipe, pick_device
+from .core.data import EMNIST, load_emnist
+from .core.evaluation import report
+from .core.paths import ensure_writable, output_root, shown
+from .core.plots import save_figure
+from .core.registry import ModelSpec, build_model
+from .core.reporting import stamp, write_json, write_table
+from .core.splits import Splits, make_splits
+from .core.trained_model import TrainedModel
+from .core.training import pick_device
+from .experiments.profiles import Profile, get_profile
+from .experiments.runner import Runner
+from .experiments.spec import RunSpec
+from .experiments.store import RunResult, Store
+from .experiments.studies import Study, run_study
+from .experiments.trials import Trial, trial_table
 
 
 @dataclass
 class Context:
-    """The state a notebook works with: its profile, seed, device, verified data and splits."""
+    """The state a notebook works with: its profile, seed, device, verified data and splits, where results are
+    cached and where its figures and tables go."""
 
     profile: Profile
     seed: int
     device: torch.device
     data: EMNIST
     splits: Splits
+    store: Store
+    output: Path
     retrain: bool = False
+    runner: Runner = field(init=False)
 
-    def run(self, cfg: TrialConfig, *, recipe: Recipe = REPORT_RECIPE, keep_model: bool = True,
-            require_model: bool | None = None, seed: int | None = None) -> TrialResult:
-        """Train `cfg` under this notebook's profile, or reuse the cached result of the identical run."""
-        return run_trial(cfg, self.splits, self.profile, seed=self.seed if seed is None else seed, recipe=recipe,
-                         retrain=self.retrain, keep_model=keep_model, require_model=require_model,
-                         device=self.device)
+    def __post_init__(self):
+        self.runner = Runner(self.store, self.data, device=self.device, retrain=self.retrain, progress=False)
 
-    def run_all(self, configs: Sequence[TrialConfig], **kwargs) -> list[TrialResult]:
-        return [self.run(cfg, **kwargs) for cfg in configs]
+    @property
+    def figures_dir(self) -> Path:
+        return self.output / "figures"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.output / "results"
 
     @property
     def provenance(self) -> dict:
         return self.splits.provenance
 
+    @property
+    def classes(self) -> list[str]:
+        return self.splits.classes
+
+    # --------------------------------------------------------------------------- runs
+
+    def bind(self, spec: RunSpec) -> RunSpec:
+        """A run as this notebook's profile runs it on its data."""
+        return spec.bind(self.splits, self.profile)
+
+    def cached(self, spec: RunSpec) -> RunResult | None:
+        """The cached result of `spec` under this profile and data, or None (never trains)."""
+        return self.store.cached(self.bind(spec))
+
+    def run(self, spec: RunSpec) -> RunResult:
+        """Train `spec` (as this profile runs it), or load the cached result of the identical run."""
+        return self.run_many([spec])[0]
+
+    def run_many(self, specs: Sequence[RunSpec]) -> list[RunResult]:
+        return self.runner.run_many([self.bind(s) for s in specs])
+
+    def run_trials(self, trials: Sequence[Trial], name: str, caption: str) -> tuple[list[RunResult], pd.DataFrame]:
+        """Run (or load) every trial of a report table; write its table to results/<name>.{csv,md,tex}."""
+        results = self.run_many([t.spec for t in trials])
+        table = trial_table(trials, results)
+        self.write_table(table, name, caption)
+        return results, table
+
+    def run_study(self, study: Study) -> tuple[pd.DataFrame, dict[str, list[RunResult]]]:
+        """Run (or load) a study and write its table to results/<study.name>.{csv,md,tex}."""
+        table, results = run_study(study, self.profile, self.run_many)
+        self.write_table(table, study.name, f"{study.title}: validation accuracy (mean over seeds)")
+        return table, results
+
+    # --------------------------------------------------------------------------- outputs
+
+    def write_table(self, df: pd.DataFrame, name: str, caption: str = "") -> dict[str, Path]:
+        return write_table(df, name, self.results_dir, provenance=self.provenance, profile=self.profile.name,
+                           caption=caption)
+
+    def write_json(self, obj: dict, name: str) -> Path:
+        return write_json(obj, name, self.results_dir, provenance=self.provenance, profile=self.profile.name)
+
+    def save_figure(self, fig: plt.Figure, name: str) -> Path:
+        return save_figure(fig, name, self.figures_dir)
+
+    def stamp(self) -> str:
+        """"data: emnist-standin (sha256 ...), profile: full": what every reported number names."""
+        return stamp(self.provenance, self.profile.name)
+
+    # --------------------------------------------------------------------------- test split, once
+
+    def test_report(self, model: TrainedModel, *, raw: bool = False) -> dict:
+        """Everything a report gives about a trained model on the test split (accuracy, balanced and merged
+        accuracy, confusion, per-class accuracy, most-confused pairs), with what it applies at prediction time
+        unless `raw`."""
+        model.check_classes(self.classes, f"emnist-{self.data.split}")
+        logits = model.logits(self.splits.test_images, device=self.device, raw=raw)
+        return {"logits": logits, **report(logits.argmax(1), self.splits.test_labels, self.classes)}
+
+    def save_model(self, model: TrainedModel, name: str, evaluation: dict | None = None,
+                   extra: dict | None = None) -> dict[str, str]:
+        """results/<name>.pt (the trained-model file, with its test metrics) and results/<name>_metrics.json."""
+        test = {}
+        if evaluation is not None:
+            test = {"test_acc": evaluation["accuracy"], "test_balanced_acc": evaluation["balanced_accuracy"],
+                    "test_acc_confusable_merged": evaluation["merged_accuracy"], "test_sizes": self.splits.sizes()}
+        saved = model.with_prediction()
+        saved.metrics = {**model.metrics, **test, **(extra or {}), "profile": self.profile.name}
+        ensure_writable(self.results_dir, "results folder")
+        weights = saved.save(self.results_dir / f"{name}.pt")
+        metrics = self.write_json({"model": saved.spec.as_dict(), "run": saved.run, "metrics": saved.metrics,
+                                   "prediction": saved.metadata()["prediction"],
+                                   "parameters": saved.parameters}, f"{name}_metrics")
+        return {"model": shown(weights), "metrics": shown(metrics)}
+
 
 def versions() -> str:
-    import numpy
-    import sklearn
-
     return (f"python {platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}, "
             f"scikit-learn {sklearn.__version__}, threads {torch.get_num_threads()}")
 
 
 def start(profile: str | None = None, seed: int = 0, data_dir: str | None = None, split: str | None = None,
           device: str | None = None, retrain: bool = False) -> Context:
-    """Resolve the parameters (arguments, else EMNIST_* variables), load and verify the data, make the splits."""
+    """Resolve the parameters (arguments, else EMNIST_* variables), check that every output folder is writable,
+    load and verify the data, make the splits."""
     prof = get_profile(profile)
+    output = output_root(prof.name)
+    store = Store()
+    for folder, what in ((output / "figures", "figures folder"), (output / "results", "results folder")):
+        ensure_writable(folder, what)
+    store.check_writable()
     dev = pick_device(device)
     data = load_emnist(data_dir, split)
     splits = make_splits(data, seed, **prof.limits())
-    print(f"profile: {prof.name} | seed: {seed} | device: {dev.type}")
+    print(f"profile: {prof.name} | seed: {seed} | device: {dev.type} | outputs: {shown(output) or '.'}")
     print(versions())
-    print(f"data: emnist-{data.split} from {data.root}")
-    return Context(profile=prof, seed=seed, device=dev, data=data, splits=splits, retrain=retrain)
+    print(f"data: emnist-{data.split} from {shown(data.root)}")
+    return Context(profile=prof, seed=seed, device=dev, data=data, splits=splits, store=store, output=output,
+                   retrain=retrain)
 
 
 def data_facts(ctx: Context) -> str:
@@ -79,155 +181,89 @@ def data_facts(ctx: Context) -> str:
             f"verified by: {d.verified_by}")
 
 
-def model_summary(cfg: TrialConfig) -> str:
+def model_summary(spec: ModelSpec | RunSpec, num_classes: int) -> str:
     """torchsummary's table for a *fresh* model on the CPU: summarising never touches a trained model's
     BatchNorm statistics or the training RNG (torchsummary runs a forward pass in train mode)."""
-    from torchsummary import summary
-
+    model_spec = spec.model if isinstance(spec, RunSpec) else spec
     rng = torch.get_rng_state()
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
-        summary(build_model(cfg), (1, 28, 28), device="cpu")
+        summary(build_model(model_spec, num_classes), (1, 28, 28), device="cpu")
     torch.set_rng_state(rng)
     return buffer.getvalue().rstrip()
 
 
-def trial_study(ctx: Context, configs: Sequence[TrialConfig], name: str, caption: str):
-    """Run (or load) every trial of a table and write its table to results/<name>.{csv,md,tex}."""
-    results = ctx.run_all(configs, require_model=False)  # the tables need metrics; weights are kept when trained
-    table = trial_table(results)
-    write_table(table, name, provenance=ctx.provenance, profile=ctx.profile.name, caption=caption)
-    return results, table
+
+# ----------------------------------------------------------------------------- closing summaries
 
 
-def choose_final_config(ctx: Context, table_name: str = "arch2_trials",
-                        candidates: Sequence[TrialConfig] | None = None) -> tuple[TrialConfig, str]:
-    """The Architecture 2 trial with the best validation accuracy on *this* data and profile (never test).
-
-    Falls back to the report's choice (trial 1) when notebook 03 has not written its table yet.
-    """
-    from .models import TABLE_1_2
-
-    candidates = list(candidates or TABLE_1_2)
-    table = read_table(table_name, ctx.profile.name)
-    if table is None or table["data_sha256"].iloc[0] != ctx.provenance["checksum"]:
-        return FINAL_CONFIG, "no Architecture 2 trial table for this data yet: using the report's choice (trial 1)"
-    best = table.loc[table["val_acc_%"].idxmax()]
-    cfg = candidates[int(best["trial"]) - 1].with_(name="final")
-    return cfg, (f"Architecture 2 trial {int(best['trial'])} has the best validation accuracy "
-                 f"({best['val_acc_%']:.2f}%) in results/{table_name}.csv")
+def class_balance(data: EMNIST) -> str:
+    """Images per class in each part of the data (a checked output: it depends on the data only)."""
+    lines = []
+    for part, labels in (("train", data.train_labels), ("test", data.test_labels)):
+        counts = torch.bincount(labels, minlength=data.num_classes)
+        low, high = int(counts.min()), int(counts.max())
+        if low == high:
+            lines.append(f"{part}: {low:,} images per class (balanced)")
+        else:
+            lines.append(f"{part}: {low:,} to {high:,} images per class (imbalanced, rarest "
+                         f"'{data.classes[int(counts.argmin())]}')")
+    return "\n".join(lines)
 
 
-def input_normalisation(ctx: Context, result: TrialResult) -> tuple[float, float]:
-    """The (mean, std) a trained model expects: the one its recipe trained it with, never assumed."""
-    return Recipe(**result.recipe).normalisation(ctx.splits)
-
-
-def evaluate_on_test(ctx: Context, result: TrialResult) -> dict:
-    """Everything the final notebooks report about a trained model on the test split, computed once."""
-    return evaluate_predictions(ctx, test_probabilities(ctx, result).argmax(1))
-
-
-def save_model_and_metrics(ctx: Context, result: TrialResult, evaluation: dict, name: str) -> dict:
-    """results/<name>.pt (state dict + config + data checksum + normalisation) and results/<name>_metrics.json."""
-    from .experiments import save_weights
-    from .paths import results_dir
-    from .reporting import write_json
-
-    weights = results_dir(ctx.profile.name) / f"{name}.pt"
-    mean, std = input_normalisation(ctx, result)
-    save_weights(result.model, result.config, weights, provenance=ctx.provenance, mean=mean, std=std)
-    metrics = {"config": result.to_json()["config"], "recipe": result.recipe, "seed": result.seed,
-               "parameters": result.parameters, "train_seconds": round(result.train_seconds, 1),
-               "final_val_acc": result.val_acc, "test_acc": evaluation["accuracy"],
-               "test_acc_confusable_merged": evaluation["merged_accuracy"], "sizes": ctx.splits.sizes(),
-               "history": result.history.to_dict()}
-    path = write_json(metrics, f"{name}_metrics", provenance=ctx.provenance, profile=ctx.profile.name)
-    return {"weights": weights, "metrics": path}
-
-
-# ----------------------------------------------------------------------------- studies (notebooks 05 and 06)
-
-
-def run_study(ctx: Context, study, *, seeds: Sequence[int] | None = None, baseline: str | None = None):
-    """Run (or load) a study of `emnist_utils.studies` and write results/<study.name>.{csv,md,tex}.
-
-    Gains and the noise screen are relative to the variant labelled `baseline` (default: the first row).
-    The smoke profile trains one seed per variant (the same code path, a fraction of the time)."""
-    from .studies import run_study as _run, within_noise
-
-    if seeds is None and ctx.profile.name == "smoke":
-        seeds = (ctx.seed,)
-    table, results = _run(ctx, study, seeds=seeds)
-    base = table.index[table["variant"] == baseline][0] if baseline else 0
-    table["gain_vs_baseline"] = (table["val_acc_mean_%"] - table["val_acc_mean_%"].iloc[base]).round(2)
-    table["within_noise_of_baseline"] = within_noise(table, base)
-    write_table(table, study.name, provenance=ctx.provenance, profile=ctx.profile.name,
-                caption=f"{study.title}: validation accuracy (mean over seeds)")
-    return table, results
-
-
-def evaluate_predictions(ctx: Context, predictions: torch.Tensor) -> dict:
-    """The test-split numbers a report gives for one set of predictions."""
-    from .evaluation import accuracy, confusion_matrix, merged_accuracy, most_confused_pairs, per_class_accuracy
-
+def data_summary(ctx: Context) -> str:
     s = ctx.splits
-    return {"predictions": predictions,
-            "accuracy": accuracy(predictions, s.test_labels),
-            "merged_accuracy": merged_accuracy(predictions, s.test_labels, s.classes),
-            "confusion": confusion_matrix(predictions, s.test_labels, len(s.classes)),
-            "per_class": per_class_accuracy(predictions, s.test_labels, s.classes),
-            "most_confused": most_confused_pairs(predictions, s.test_labels, s.classes)}
+    return (f"{ctx.stamp()}\n{ctx.data.num_classes} classes; train / validation / test: "
+            f"{s.sizes()['train']:,} / {s.sizes()['validation']:,} / {s.sizes()['test']:,} images\n"
+            f"normalisation: mean {s.mean:.4f}, std {s.std:.4f}; test split balanced: {s.test_is_balanced}")
 
 
-def test_probabilities(ctx: Context, result: TrialResult) -> torch.Tensor:
-    """Class probabilities of a trained model for every test image, with the input normalisation it was
-    trained with."""
-    from .evaluation import predict_logits
-
-    mean, std = input_normalisation(ctx, result)
-    return predict_logits(result.model, ctx.splits.test_images, mean, std, device=ctx.device).softmax(1)
-
-
-def seeds_on_test(ctx: Context, label: str, runs: Sequence[TrialResult]) -> tuple[dict, list[torch.Tensor]]:
-    """Test accuracy of each seed's model and of their ensemble (mean of softmax outputs), computed once.
-
-    Returns one summary row and each seed's test probabilities (reuse them instead of predicting again)."""
-    import statistics
-
-    from .evaluation import accuracy, merged_accuracy
-
-    s = ctx.splits
-    probabilities = [test_probabilities(ctx, r) for r in runs]
-    tests = [accuracy(p.argmax(1), s.test_labels) for p in probabilities]
-    ensemble = torch.stack(probabilities).mean(0)
-    spread = round(statistics.stdev(tests), 2) if len(tests) > 1 else float("nan")
-    return ({"model": label, "seeds": len(runs), "parameters_per_model": runs[0].parameters,
-             "val_acc_mean_%": round(statistics.fmean(r.val_acc for r in runs), 2),
-             "test_acc_mean_%": round(statistics.fmean(tests), 2), "test_acc_std": spread,
-             "test_acc_min_%": round(min(tests), 2), "test_acc_max_%": round(max(tests), 2),
-             "test_acc_per_seed_%": " / ".join(f"{t:.2f}" for t in tests),
-             "ensemble_test_acc_%": round(accuracy(ensemble.argmax(1), s.test_labels), 2),
-             "merged_confusable_test_acc_%": round(statistics.fmean(
-                 merged_accuracy(p.argmax(1), s.test_labels, s.classes) for p in probabilities), 2),
-             "train_seconds_per_model": round(statistics.fmean(r.train_seconds for r in runs), 1),
-             "trained_on": ", ".join(sorted({r.device for r in runs}))}, probabilities)
+def test_summary(ctx: Context, evaluation: dict, reference: float | None = None) -> str:
+    """The test numbers of one model, with the data, checksum and profile they came from."""
+    lines = [f"test split of emnist-{ctx.data.split}: {ctx.splits.sizes()['test']:,} images ({ctx.stamp()})",
+             f"test accuracy: {evaluation['accuracy']:.2f}% (balanced: {evaluation['balanced_accuracy']:.2f}%)",
+             f"with look-alike classes merged (0/O, 1/I/l, 2/Z, 5/S, 9/g/q, F/f, ...): "
+             f"{evaluation['merged_accuracy']:.2f}%"]
+    if reference is not None:
+        lines.append(f"the report, on EMNIST balanced (different data): {reference}%")
+    return "\n".join(lines)
 
 
-def summary_points(ctx: Context, study_tables: dict) -> "pd.DataFrame":
-    """Every CNN of the project as (group, label, parameters, validation accuracy) for one summary figure:
-    the report's trial tables (notebooks 02 and 03, when they ran on this data) plus the given study tables."""
-    import pandas as pd
-
+def recipe_table(ctx: Context, runs: dict[str, RunResult]) -> pd.DataFrame:
+    """Named runs side by side: size, epochs, training time and machine, validation and test accuracy."""
     rows = []
-    for name, group in (("arch1_trials", "Architecture 1 trials (report Table 1.1)"),
-                        ("arch2_trials", "Architecture 2 trials (report Table 1.2)")):
-        table = read_table(name, ctx.profile.name)
-        if table is None or table["data_sha256"].iloc[0] != ctx.provenance["checksum"]:
-            continue
-        rows += [{"group": group, "label": f"trial {r['trial']}", "parameters": r["parameters"],
-                  "val_acc": r["val_acc_%"]} for _, r in table.iterrows()]
-    for group, table in study_tables.items():
-        rows += [{"group": group, "label": r["variant"], "parameters": r["parameters"],
-                  "val_acc": r["val_acc_mean_%"]} for _, r in table.iterrows()]
+    for name, run in runs.items():
+        test = ctx.test_report(run.trained_model)
+        rows.append({"recipe": name, "arch": run.spec.model.arch, "parameters": run.parameters,
+                     "epochs": run.history.epochs, "train_seconds": round(run.train_seconds, 1),
+                     "trained_on": run.device, "val_acc_%": round(run.val_acc, 2),
+                     "val_balanced_acc_%": round(run.val_balanced_acc, 2), "test_acc_%": round(test["accuracy"], 2),
+                     "test_balanced_acc_%": round(test["balanced_accuracy"], 2)})
     return pd.DataFrame(rows)
+
+
+def final_summary(ctx: Context, chosen, final: RunResult, evaluation: dict, recipes: pd.DataFrame) -> str:
+    lines = [ctx.stamp(),
+             f"final model: Table 1.2 trial {chosen.number} ({final.parameters:,} parameters), chosen on validation "
+             f"({final.val_balanced_acc:.2f}% balanced); test accuracy {evaluation['accuracy']:.2f}%, "
+             f"{evaluation['merged_accuracy']:.2f}% with look-alikes merged"]
+    worst = evaluation["most_confused"].head(3)
+    lines.append("most confused: " + "; ".join(
+        f"'{r['true']}' read as '{r['predicted']}' {r['share_of_true_class_%']:.0f}%" for _, r in worst.iterrows()))
+    for _, r in recipes.iterrows():
+        lines.append(f"recipe {r['recipe']}: {r['epochs']} epochs, {r['train_seconds'] / 60:.1f} min on "
+                     f"{r['trained_on']}, test {r['test_acc_%']:.2f}%")
+    return "\n".join(lines)
+
+
+def comparison_summary(ctx: Context, baselines: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> str:
+    lines = [ctx.stamp()]
+    best = baselines.loc[baselines["val_acc_%"].idxmax()]
+    lines.append(f"best classic classifier: {best['baseline']}, validation {best['val_acc_%']:.2f}%, "
+                 f"test {best['test_acc_%']:.2f}%")
+    for name, table in tables.items():
+        top = table.loc[table["val_acc_mean_%"].idxmax()]
+        lines.append(f"{name}: best {top['variant']} ({top['val_acc_mean_%']:.2f}% over {top['seeds']} seed(s); "
+                     f"{top['gain_vs_first_row']:+.2f} vs the first row, within noise: "
+                     f"{top['within_noise_of_first_row']})")
+    return "\n".join(lines)

@@ -1,5 +1,5 @@
-"""Shared test setup: every test runs with its own EMNIST_CACHE / EMNIST_OUTPUT, so nothing is written
-into the repository, and the stand-in data (if present) is loaded once per session."""
+"""Shared test setup: every test runs with its own EMNIST_CACHE / EMNIST_OUTPUT, so nothing is written into the
+repository, and the stand-in data (if present) is loaded once per session."""
 from __future__ import annotations
 
 import sys
@@ -16,11 +16,12 @@ for p in (str(PROJECT_ROOT), str(TESTS_DIR)):
 
 from helpers import STANDIN_DIR  # noqa: E402
 
-# The tests run next to other CPU work on small machines; one intra-op thread is several times faster
-# there than two contending ones, and keeps every run bit-for-bit repeatable.
+# The tests run next to other CPU work on small machines; one intra-op thread is several times faster there than
+# two contending ones, and every bit-for-bit comparison below assumes the same thread count on both sides.
 torch.set_num_threads(1)
 
-_ENV_VARS = ("EMNIST_DATA", "EMNIST_SPLIT", "EMNIST_ALLOW_UNVERIFIED", "EMNIST_DEVICE", "EMNIST_PROFILE")
+_ENV_VARS = ("EMNIST_DATA", "EMNIST_SPLIT", "EMNIST_ALLOW_UNVERIFIED", "EMNIST_DEVICE", "EMNIST_PROFILE",
+             "EMNIST_RESUME_COMMAND")
 
 
 @pytest.fixture(autouse=True)
@@ -39,14 +40,14 @@ def standin_data():
     """The real stand-in split (EMNIST format), loaded and verified once; skipped where it is absent."""
     if not STANDIN_DIR.is_dir():
         pytest.skip(f"stand-in data not found at {STANDIN_DIR}")
-    from emnist_utils.data import load_emnist
+    from emnist_utils.core.data import load_emnist
 
     return load_emnist(STANDIN_DIR, "standin", download=False, allow_unverified=False)
 
 
 @pytest.fixture(scope="session")
 def small_splits(standin_data):
-    """2,000 / 500 / 500 images of the stand-in: enough for accuracies well above chance in seconds."""
-    from emnist_utils.data import make_splits
+    """1,500 / 500 / 470 images of the stand-in: enough for accuracies well above chance in seconds."""
+    from emnist_utils.core.splits import make_splits
 
-    return make_splits(standin_data, 0, train_limit=2000, val_limit=500, test_limit=500)
+    return make_splits(standin_data, 0, train_limit=1500, val_limit=500, test_limit=470)

@@ -1,13 +1,20 @@
-"""Builders for small synthetic EMNIST-format datasets (IDX files, mapping, SHA256SUMS), optionally damaged."""
+"""Helpers shared by the tests (defined once): small EMNIST-format datasets on disk, optionally damaged; tiny run
+specs; weight comparisons; an interrupting callback; folders that cannot be written."""
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import os
+import shutil
 import struct
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The offline stand-in split shipped beside the project (read-only).
@@ -18,6 +25,9 @@ BALANCED_CLASSES = list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabdefghnqrt")
 
 CORRUPTIONS = ("truncate_gzip", "garbage_gzip", "not_gzip", "swap", "truncate_payload", "count_mismatch",
                "label_out_of_range", "checksum")
+
+
+# ----------------------------------------------------------------------------- EMNIST-format files
 
 
 def idx_images_bytes(images: np.ndarray, count: int | None = None) -> bytes:
@@ -58,35 +68,44 @@ class SynthDataset:
     classes: list[str]
     files: dict[str, Path] = field(default_factory=dict)
     stored: dict[str, np.ndarray] = field(default_factory=dict)  # images as written (transposed, like EMNIST)
-    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: dict[str, np.ndarray] = field(default_factory=dict)  # labels as written (from first_label)
 
 
 def build_dataset(root: Path, split: str = "synth", n_train: int = 40, n_test: int = 12, *, gz: bool = True,
-                  layout: str = "flat", num_classes: int = 47, seed: int = 0, mapping: bool = True,
+                  layout: str = "flat", num_classes: int = 47, classes: list[str] | None = None,
+                  first_label: int = 0, mapping_columns: int = 2, seed: int = 0, mapping: bool = True,
                   sums: bool = True, images: dict[str, np.ndarray] | None = None, corrupt: str | None = None,
-                  corrupt_part: str = "train") -> SynthDataset:
+                  corrupt_part: str = "train", balanced_labels: bool = False) -> SynthDataset:
     """Write a small EMNIST-format split under `root`.
 
     layout: "flat" (files in root) or "torchvision" (files in root/EMNIST/raw).
+    classes: class names (default: the first `num_classes` balanced classes); first_label 1 and
+    mapping_columns 3 write an EMNIST-letters-style mapping ("label upper lower").
     images: optional {part: (N, 28, 28) array} written as the *stored* (transposed) images.
-    corrupt: one of CORRUPTIONS, applied to `corrupt_part`'s files. SHA256SUMS (when `sums`) is written
-    after the damage, so the loader's later checks are reached, except for "checksum", which changes a
-    file after SHA256SUMS was written.
+    balanced_labels: every class equally often (N must be a multiple of the class count).
+    corrupt: one of CORRUPTIONS, applied to `corrupt_part`'s files. SHA256SUMS (when `sums`) is written after
+    the damage, so the loader's later checks are reached, except for "checksum", which changes a file after
+    SHA256SUMS was written.
     """
     if corrupt is not None and corrupt not in CORRUPTIONS:
         raise ValueError(corrupt)
     rng = np.random.default_rng(seed)
     directory = root / "EMNIST" / "raw" if layout == "torchvision" else root
     directory.mkdir(parents=True, exist_ok=True)
-    classes = BALANCED_CLASSES[:num_classes]
+    classes = list(classes) if classes is not None else BALANCED_CLASSES[:num_classes]
+    num_classes = len(classes)
     ds = SynthDataset(root=root, directory=directory, split=split, classes=classes)
 
     for part, n in (("train", n_train), ("test", n_test)):
         stored = images[part] if images and part in images else rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, num_classes, len(stored)).astype(np.uint8)
+        if balanced_labels:
+            labels = np.arange(len(stored)) % num_classes
+        else:
+            labels = rng.integers(0, num_classes, len(stored))
+        labels = (labels + first_label).astype(np.uint8)
         damaged = corrupt if part == corrupt_part else None
         if damaged == "label_out_of_range":
-            labels[len(labels) // 2] = num_classes
+            labels[len(labels) // 2] = num_classes + first_label
         ds.stored[part], ds.labels[part] = stored, labels
 
         image_bytes, label_bytes = idx_images_bytes(stored), idx_labels_bytes(labels)
@@ -114,7 +133,11 @@ def build_dataset(root: Path, split: str = "synth", n_train: int = 40, n_test: i
 
     if mapping:
         path = directory / f"emnist-{split}-mapping.txt"
-        path.write_bytes("".join(f"{i} {ord(c)}\r\n" for i, c in enumerate(classes)).encode())
+        if mapping_columns == 3:
+            lines = [f"{i + first_label} {ord(c[0])} {ord(c[-1])}\r\n" for i, c in enumerate(classes)]
+        else:
+            lines = [f"{i + first_label} {ord(c)}\r\n" for i, c in enumerate(classes)]
+        path.write_bytes("".join(lines).encode())
         ds.files["mapping"] = path
     if sums:
         write_sha256sums(directory)
@@ -124,6 +147,40 @@ def build_dataset(root: Path, split: str = "synth", n_train: int = 40, n_test: i
         data[-1] ^= 0xFF
         path.write_bytes(bytes(data))
     return ds
+
+
+# ----------------------------------------------------------------------------- runs and weights
+
+
+def tiny_spec(arch: str = "arch2", epochs: int = 2, seed: int = 0, **recipe):
+    """A run small enough to train in a second or two on ~1,000 images (not bound to data yet)."""
+    from emnist_utils.core.registry import ModelSpec
+    from emnist_utils.core.training import Recipe
+    from emnist_utils.experiments.spec import RunSpec
+
+    shape = {"arch1": (4, 8, 32, 0.3), "arch2": (4, 8, 32, 0.5), "compact": (4, 8, 16, 0.3),
+             "lean": (4, 8, 16, 0.2)}.get(arch, (4, 8, 32, 0.5))
+    recipe = {"lr": 1e-3, "batch_size": 100, "epochs": epochs, **recipe}
+    return RunSpec(ModelSpec(arch, *shape), Recipe(**recipe), seed=seed, name=f"tiny-{arch}")
+
+
+def same_weights(a, b) -> bool:
+    """Every tensor of two models' (or state dicts') states is identical."""
+    sa = a.state_dict() if hasattr(a, "state_dict") else a
+    sb = b.state_dict() if hasattr(b, "state_dict") else b
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
+
+
+class Interrupt(Exception):
+    """Raised by `interrupt_at` to simulate a run stopped after some epoch."""
+
+
+def interrupt_at(epoch: int):
+    """An epoch callback that stops training right after `epoch` (its checkpoint is already written)."""
+    def callback(done, history):
+        if done == epoch:
+            raise Interrupt(done)
+    return callback
 
 
 def record_calls(monkeypatch, owner, name: str, record=lambda args: args) -> list:
@@ -136,3 +193,27 @@ def record_calls(monkeypatch, owner, name: str, record=lambda args: args) -> lis
 
     monkeypatch.setattr(owner, name, wrapper)
     return calls
+
+
+# ----------------------------------------------------------------------------- unwritable folders
+
+
+@contextlib.contextmanager
+def read_only_dir(path: Path):
+    """Make `path` (a folder) unwritable for this process, really: chmod for ordinary users, the immutable
+    attribute for root (who ignores permissions). Skips the test where neither is possible."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        os.chmod(path, 0o555)
+        try:
+            yield path
+        finally:
+            os.chmod(path, 0o755)
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a folder read-only for root here (no chattr +i)")
+    try:
+        yield path
+    finally:
+        subprocess.run([chattr, "-i", str(path)], check=True)

@@ -14,10 +14,10 @@ validation / test accuracy %; some runs shared the CPU with another process, so 
     random forest                  all   100 s   81.4 / 73.0  (176 s contended)
     MLP (1 hidden layer)           all   167 s   81.1 / 77.0  (early stopping after 21 of at most 30 epochs)
 
-Results are cached like the CNN trials (`experiments.run_trial`): one JSON entry per key under
-`cache_dir()/results/` (named `baseline-<hash>.json`), carrying the sha256 of its payload, written
-atomically; a corrupt entry is recomputed with a warning. The key covers the baseline name, every parameter
-of its pipeline, the data checksum, the split sizes and seed, the subset size, the profile, the seed and
+Results are cached like the CNN runs (`store.Store`): one JSON entry per key under `<cache>/baselines/`,
+carrying the sha256 of its payload, written atomically; a corrupt entry is recomputed with a warning. The key
+covers the baseline name, every parameter of its pipeline, the data checksum, the split sizes and seed, the
+subset size, the seed, the fingerprint of this module's code and
 the scikit-learn version.
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+import pandas as pd
 import sklearn
 from sklearn.decomposition import PCA
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
@@ -44,13 +45,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from .data import Splits
-from .experiments import read_entry, write_entry
-from .paths import cache_dir
+from ..core.evaluation import balanced_accuracy
+from ..core.fingerprint import code_fingerprint, combine
+from ..core.paths import cache_dir
+from ..core.splits import Splits
 from .profiles import Profile
-
-# Bump when the way a baseline is trained or scored changes in a way its parameters do not show.
-BASELINES_VERSION = 1
+from .store import read_entry, write_entry
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,7 @@ def describe_pipeline(pipeline: Pipeline) -> list:
             for step, est in pipeline.steps]
 
 
-def baseline_key(name: str, pipeline: Pipeline, splits: Splits, profile: Profile, seed: int,
-                 train_images_used: int) -> str:
+def baseline_key(name: str, pipeline: Pipeline, splits: Splits, seed: int, train_images_used: int) -> str:
     identity = {
         "baseline": name,
         "pipeline": describe_pipeline(pipeline),
@@ -150,10 +149,9 @@ def baseline_key(name: str, pipeline: Pipeline, splits: Splits, profile: Profile
         "sizes": splits.sizes(),
         "split_seed": splits.seed,
         "train_images_used": train_images_used,
-        "profile": profile.name,
         "seed": seed,
         "sklearn": sklearn.__version__,
-        "version": BASELINES_VERSION,
+        "code": combine(code_fingerprint([("emnist_utils.experiments.baselines", "run_baseline")])),
     }
     return "baseline-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -168,11 +166,16 @@ def _iterations(pipeline: Pipeline) -> int | None:
     return None if n_iter is None else int(np.max(n_iter))
 
 
-def _accuracy(pipeline: Pipeline, x: np.ndarray, y: np.ndarray) -> float:
-    return float(100.0 * np.mean(pipeline.predict(x) == y)) if len(y) else float("nan")
+def _scores(pipeline: Pipeline, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Accuracy and balanced accuracy (%) of a fitted pipeline."""
+    if not len(y):
+        return float("nan"), float("nan")
+    predicted = pipeline.predict(x)
+    return float(100.0 * np.mean(predicted == y)), balanced_accuracy(predicted, y)
 
 
-def run_baseline(name: str, splits: Splits, profile: Profile, *, seed: int = 0, retrain: bool = False) -> dict:
+def run_baseline(name: str, splits: Splits, profile: Profile, *, seed: int = 0, retrain: bool = False,
+                 root: Path | None = None) -> dict:
     """Fit baseline `name` on (a seeded subset of) the training images, score it on validation and test,
     or return the cached result of an identical earlier run. Accuracies are in percent.
 
@@ -180,10 +183,11 @@ def run_baseline(name: str, splits: Splits, profile: Profile, *, seed: int = 0, 
     baseline = get_baseline(name)
     pipeline = baseline(seed)
     n_train = len(splits.train_labels)
-    subset = train_subset_indices(n_train, baseline.train_subset, seed)
+    caps = [c for c in (baseline.train_subset, profile.baseline_train_limit) if c is not None]
+    subset = train_subset_indices(n_train, min(caps) if caps else None, seed)
     used = n_train if subset is None else len(subset)
-    key = baseline_key(name, pipeline, splits, profile, seed, used)
-    entry_path = cache_dir() / "results" / f"{key}.json"
+    key = baseline_key(name, pipeline, splits, seed, used)
+    entry_path = (root or cache_dir()) / "baselines" / f"{key}.json"
     payload = None if retrain else read_entry(entry_path, key)
     if payload is not None:
         return payload
@@ -200,13 +204,14 @@ def run_baseline(name: str, splits: Splits, profile: Profile, *, seed: int = 0, 
         pipeline.fit(x_train, y_train)
         fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    val_acc, test_acc = _accuracy(pipeline, x_val, y_val), _accuracy(pipeline, x_test, y_test)
+    (val_acc, val_balanced), (test_acc, _) = _scores(pipeline, x_val, y_val), _scores(pipeline, x_test, y_test)
     predict_seconds = time.perf_counter() - start
 
     payload = {"name": name, "train_images_used": used, "train_subset": baseline.train_subset,
                "fit_seconds": fit_seconds, "predict_seconds": predict_seconds,
-               "val_acc": val_acc, "test_acc": test_acc, "iterations": _iterations(pipeline),
-               "sizes": splits.sizes(), "split_seed": splits.seed, "profile": profile.name, "seed": seed,
+               "val_acc": val_acc, "val_balanced_acc": val_balanced, "test_acc": test_acc,
+               "iterations": _iterations(pipeline),
+               "sizes": splits.sizes(), "split_seed": splits.seed, "seed": seed,
                "sklearn_version": sklearn.__version__, "cpu_count": os.cpu_count(),
                "provenance": dict(splits.provenance), "key": key}
     write_entry(entry_path, payload)
@@ -214,16 +219,15 @@ def run_baseline(name: str, splits: Splits, profile: Profile, *, seed: int = 0, 
 
 
 def run_baselines(splits: Splits, profile: Profile, names: Iterable[str] | None = None, *, seed: int = 0,
-                  retrain: bool = False) -> list[dict]:
+                  retrain: bool = False, root: Path | None = None) -> list[dict]:
     """`run_baseline` for each of `names` (default: all of `BASELINES`, in order)."""
-    return [run_baseline(n, splits, profile, seed=seed, retrain=retrain) for n in (names or list(BASELINES))]
+    return [run_baseline(n, splits, profile, seed=seed, retrain=retrain, root=root)
+            for n in (names or list(BASELINES))]
 
 
-def baseline_table(results: Iterable[dict]):
+def baseline_table(results: Iterable[dict]) -> pd.DataFrame:
     """One row per baseline result: training images used, fit / predict seconds, validation and test
     accuracy (%), rounded for a report."""
-    import pandas as pd
-
     rows = [{"baseline": r["name"], "train_images_used": r["train_images_used"],
              "fit_seconds": round(r["fit_seconds"], 1), "predict_seconds": round(r["predict_seconds"], 1),
              "val_acc_%": round(r["val_acc"], 2), "test_acc_%": round(r["test_acc"], 2)} for r in results]

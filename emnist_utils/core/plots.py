@@ -1,35 +1,32 @@
-"""Report-ready figures. Every plotting function returns its figure; `save_figure` writes it under a
-stable name as PNG (200 dpi) and PDF, into `figures/` for the full profile (outputs/<profile>/figures else)."""
+"""Report-ready figures: every plotting function returns its figure; `save_figure` writes it under a stable
+name as PNG (200 dpi) and PDF into the folder it is given (the notebook context chooses it from its profile)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
 import matplotlib
-
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 import torch
 
-from .paths import figures_dir
-from .profiles import get_profile
+from .paths import atomic_path
 
 sns.set_theme(style="whitegrid", context="notebook")
 matplotlib.rcParams.update({"figure.dpi": 100, "savefig.bbox": "tight", "pdf.fonttype": 42})
 
 
-def save_figure(fig: plt.Figure, name: str, profile: str | None = None, formats: Sequence[str] = ("png", "pdf")) -> Path:
-    """Write `fig` as figures/<name>.png and .pdf; returns the PNG path."""
+def save_figure(fig: plt.Figure, name: str, directory: Path, formats: Sequence[str] = ("png", "pdf")) -> Path:
+    """Write `fig` as <directory>/<name>.png and .pdf (byte-stable metadata); returns the PNG path."""
     if not name or any(c in name for c in "/\\ "):
         raise ValueError(f"figure name {name!r} must be a plain file stem like 'final_confusion_matrix'")
-    directory = figures_dir(profile or get_profile().name)
-    directory.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
         # Fixed metadata keeps re-runs byte-stable where the backend allows it.
-        metadata = {"Software": None} if fmt == "png" else {"CreationDate": None}
-        fig.savefig(directory / f"{name}.{fmt}", dpi=200, metadata=metadata)
-    return directory / f"{name}.{formats[0]}"
+        metadata = {"Software": None} if fmt == "png" else {"CreationDate": None, "ModDate": None}
+        with atomic_path(Path(directory) / f"{name}.{fmt}") as tmp:
+            fig.savefig(tmp, dpi=200, metadata=metadata, format=fmt)
+    return Path(directory) / f"{name}.{formats[0]}"
 
 
 def plot_history(history, title: str = "") -> plt.Figure:
@@ -53,13 +50,13 @@ def plot_history(history, title: str = "") -> plt.Figure:
 
 def plot_trial_curves(results, title: str = "", labels: Sequence[str] | None = None) -> plt.Figure:
     """Validation loss and accuracy of every trial in one figure, one line per trial (named by `labels`,
-    else by each config's name)."""
+    else by each run's label)."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
     palette = sns.color_palette("tab10", len(results))
     for i, (color, result) in enumerate(zip(palette, results)):
         h = result.history
         epochs = np.arange(1, h.epochs + 1)
-        label = f"{labels[i] if labels else result.config.name} ({h.val_acc[-1]:.1f}%)"
+        label = f"{labels[i] if labels else result.spec.label} ({h.val_acc[-1]:.1f}%)"
         ax_loss.plot(epochs, h.val_loss, "o-", color=color, label=label, markersize=3)
         ax_acc.plot(epochs, h.val_acc, "o-", color=color, label=label, markersize=3)
     ax_loss.set(xlabel="epoch", ylabel="validation loss", title="Validation loss")

@@ -1,4 +1,4 @@
-"""Batch-level augmentations: whole tensors at once, never per-sample Python work.
+"""Batch augmentations on whole tensors at once (random affine, random erasing), never per-sample Python work.
 
 Each augmentation takes a normalised batch (N, 1, 28, 28) and returns one of the same shape. Random
 numbers come from torch's global generator, which `fit` seeds and checkpoints, so augmented runs stay
@@ -60,3 +60,17 @@ def get_augmentation(name: str) -> Augmentation | None:
     if name not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {name!r}; choose one of {sorted(AUGMENTATIONS)}")
     return AUGMENTATIONS[name]
+
+
+def shift_images(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Move a normalised batch (N, 1, H, W) by whole pixels (dx right, dy down), filling with the background
+    value. Used for test-time augmentation: small shifts only, never flips (b/d and p/q are mirror images)."""
+    if dx == 0 and dy == 0:
+        return x
+    background = float(x.amin())
+    _, _, h, w = x.shape
+    padded = F.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), value=background)
+    top, left = max(-dy, 0), max(-dx, 0)
+    out = padded[:, :, top:top + h, left:left + w]
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

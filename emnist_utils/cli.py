@@ -1,0 +1,234 @@
+"""The one command line: `python -m emnist_utils <command>`; every command is a `main(argv)` away from a test.
+
+Commands: data, train, evaluate, trials, studies, notebooks (and predict). They share one parser for the data
+(--data, --split), the profile, the device and the number of runs at once (--jobs). Errors the user can fix
+(bad data, bad settings, an unusable model file, a folder that cannot be written) print one line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+import torch
+
+from .core.data import DataError, load_emnist
+from .core.evaluation import report
+from .core.paths import OutputError, resolve, shown
+from .core.registry import ConfigError
+from .core.splits import make_splits
+from .core.trained_model import ModelFileError, TrainedModel
+from .core.training import pick_device
+from .experiments import beyond
+from .experiments.profiles import PROFILES, get_profile
+from .experiments.recipes import NAMED_RUNS
+from .experiments.runner import Runner, parse_jobs
+from .experiments.store import Store
+from .experiments.studies import COMPARISON_STUDIES, unique_specs
+from .experiments.trials import TABLES
+from .main_job import NotebookError, run_main_job
+
+PROG = "python -m emnist_utils"
+STUDIES = {**{s.name: s.specs for s in COMPARISON_STUDIES}, "beyond": beyond.specs}
+
+
+def _common() -> argparse.ArgumentParser:
+    """The options every command shares."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("data, profile and machine")
+    group.add_argument("--data", default=None, metavar="DIR",
+                       help="folder holding the emnist-<split>-* files (default: EMNIST_DATA, else data/)")
+    group.add_argument("--split", default=None, metavar="NAME",
+                       help="EMNIST split: balanced, byclass, bymerge, letters, digits, mnist, or a custom name "
+                            "(default: EMNIST_SPLIT, else the one split present in --data, else balanced)")
+    group.add_argument("--profile", default=None, choices=sorted(PROFILES),
+                       help="how much work: full (default, or EMNIST_PROFILE), quick (a laptop's half hour) "
+                            "or smoke (CI)")
+    group.add_argument("--device", default=None, metavar="DEVICE",
+                       help="cpu, cuda, cuda:N or mps (default: EMNIST_DEVICE, else the fastest present)")
+    group.add_argument("--jobs", default="1", metavar="N",
+                       help="runs trained at once, each in its own process: a number or 'auto' (one per core on "
+                            "a CPU, four sharing a GPU); default 1")
+    group.add_argument("--allow-unverified", action="store_true",
+                       help="accept data files that no official hash or SHA256SUMS vouches for")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    common = _common()
+
+    data = commands.add_parser("data", parents=[common], help="get (when needed) and verify a split, describe it",
+                               description="Download the split when it is an official one and missing, verify "
+                                           "every file, and print what was loaded.")
+    data.set_defaults(func=cmd_data)
+
+    train = commands.add_parser("train", parents=[common], help="train a named recipe, test it once, save it",
+                                description="Train a named run (cached and resumable like the notebooks'), "
+                                            "report its validation and test accuracy, and write its trained-model "
+                                            "file.")
+    train.add_argument("--recipe", choices=sorted(NAMED_RUNS), default="cpu",
+                       help="report (the report's final run), fast (report model, 6 epochs), cpu (lean CNN, "
+                            "under 20 minutes on 2 CPU cores) or best (notebook 05's final recipe); default cpu")
+    train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    train.add_argument("--out", default=None, metavar="FILE", help="trained-model file to write (default: none)")
+    train.add_argument("--retrain", action="store_true", help="train again even if the run is cached")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", parents=[common], help="test accuracy of a trained-model file",
+                                   description="Test accuracy of a trained-model file on any EMNIST-format split, "
+                                               "with what the file applies at prediction time.")
+    evaluate.add_argument("--weights", required=True, metavar="FILE",
+                          help="a trained-model file (results/best_model.pt, results/final_model.pt, ...)")
+    evaluate.add_argument("--allow-code-change", action="store_true",
+                          help="load the file even if its architecture's code changed since it was saved")
+    evaluate.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    trials = commands.add_parser("trials", parents=[common], help="train the report's trial tables into the cache",
+                                 description="Train the trials of the report's Tables 1.1 and 1.2 into the cache "
+                                             "the notebooks read.")
+    trials.add_argument("--tables", nargs="+", choices=sorted(TABLES), default=sorted(TABLES),
+                        help="which tables (default: both)")
+    trials.add_argument("--trials", nargs="+", type=int, metavar="N", help="only these trial numbers (1-7)")
+    trials.set_defaults(func=cmd_trials)
+
+    studies = commands.add_parser("studies", parents=[common], help="train the studies of notebooks 05 and 06",
+                                  description="Train the studies of notebooks 05 (beyond) and 06 into the cache the "
+                                              "notebooks read.")
+    studies.add_argument("--studies", nargs="+", choices=sorted(STUDIES), default=sorted(STUDIES),
+                         help="which studies (default: all)")
+    studies.set_defaults(func=cmd_studies)
+
+    notebooks = commands.add_parser("notebooks", parents=[common], help="the main job: plan, train, execute",
+                                    description="Plan every run the notebooks need (with measured time estimates), "
+                                                "train them, then execute the notebooks. The full profile executes "
+                                                "the committed notebooks in place; other profiles execute copies "
+                                                "under outputs/<profile>/notebooks/.")
+    notebooks.add_argument("names", nargs="*", metavar="NOTEBOOK",
+                           help="only these notebooks (file name or number prefix, e.g. 03); default: all")
+    notebooks.add_argument("--plan", action="store_true", help="print the plan and stop")
+    notebooks.add_argument("--timeout", type=int, default=None, metavar="SECONDS",
+                           help="per-cell time limit (default: none)")
+    notebooks.set_defaults(func=cmd_notebooks)
+    return parser
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _data(args):
+    return load_emnist(args.data, args.split, allow_unverified=args.allow_unverified or None)
+
+
+def _machine(args) -> tuple[torch.device, int]:
+    device = pick_device(args.device)
+    return device, parse_jobs(args.jobs, device)
+
+
+def cmd_data(args) -> int:
+    print(_data(args).describe())
+    return 0
+
+
+def cmd_train(args) -> int:
+    profile = get_profile(args.profile)
+    data = _data(args)
+    device = pick_device(args.device)
+    splits = make_splits(data, 0, **profile.limits())
+    spec = NAMED_RUNS[args.recipe].with_(seed=args.seed).bind(splits, profile)
+    store = Store()
+    result = store.run(spec, splits, device=device, retrain=args.retrain)
+    model = result.trained_model
+    test = report(model.predict(splits.test_images, device=device), splits.test_labels, splits.classes)
+    print(f"recipe {args.recipe}: {result.history.epochs} epochs, {result.parameters:,} parameters, trained in "
+          f"{result.train_seconds:.0f} s on {result.device} (cached runs are not retrained)")
+    print(f"data: emnist-{data.split} sha256 {data.short_checksum}, profile {profile.name}, seed {args.seed}")
+    print(f"validation accuracy {result.val_acc:.2f}% (balanced {result.val_balanced_acc:.2f}%), "
+          f"test accuracy {test['accuracy']:.2f}% (balanced {test['balanced_accuracy']:.2f}%)")
+    if args.out:
+        out = resolve(args.out)
+        saved = model.with_prediction()
+        saved.metrics = {**model.metrics, "test_acc": test["accuracy"], "profile": profile.name}
+        saved.save(out)
+        print(f"trained-model file written to {shown(out)}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    model = TrainedModel.load(resolve(args.weights), allow_code_change=args.allow_code_change)
+    data = _data(args)
+    model.check_classes(data.classes, f"emnist-{data.split}")
+    device = pick_device(args.device)
+    result = report(model.predict(data.test_images, device=device), data.test_labels, data.classes)
+    trained_on = model.provenance
+    same = trained_on.get("checksum") == data.checksum
+    numbers = {"weights": args.weights, "arch": model.spec.arch, "parameters": model.parameters,
+               "trained_on": trained_on.get("dataset"), "trained_on_sha256": trained_on.get("checksum", ""),
+               "data": f"emnist-{data.split}", "data_sha256": data.checksum, "same_data": same,
+               "test_images": len(data.test_labels), "test_acc": round(result["accuracy"], 2),
+               "test_balanced_acc": round(result["balanced_accuracy"], 2),
+               "tta_shifts": len(model.tta_shifts), "logit_adjustment": model.adjustment is not None}
+    if args.json:
+        print(json.dumps(numbers, indent=1))
+        return 0
+    print(f"model:   {args.weights} ({model.spec.arch}, {model.parameters:,} parameters, trained on "
+          f"{trained_on.get('dataset')} sha256 {trained_on.get('checksum', '')[:12]})")
+    print(f"data:    emnist-{data.split} test split, {len(data.test_labels):,} images, sha256 {data.short_checksum}"
+          f" ({'the data it was trained on' if same else 'DIFFERENT data from training'})")
+    applied = [f"{len(model.tta_shifts)} test-time shifts"] if len(model.tta_shifts) > 1 else []
+    applied += ["logit adjustment"] if model.adjustment is not None else []
+    print(f"applies: {', '.join(applied) or 'nothing beyond the weights'}")
+    print(f"test accuracy: {result['accuracy']:.2f}% (balanced {result['balanced_accuracy']:.2f}%)")
+    return 0
+
+
+def _train_specs(args, specs) -> int:
+    profile = get_profile(args.profile)
+    data = _data(args)
+    device, jobs = _machine(args)
+    splits = make_splits(data, 0, **profile.limits())
+    bound = unique_specs([s.bind(splits, profile) for s in specs])
+    print(f"{data.describe()}\nprofile: {profile.name}, {len(bound)} runs, {jobs} at a time on {device}", flush=True)
+    results = Runner(Store(), data, device=device, jobs=jobs, progress=True).run_many(bound)
+    for r in results:
+        print(f"{r.spec.label}: validation {r.val_acc:.2f}% (balanced {r.val_balanced_acc:.2f}%), "
+              f"{r.history.epochs} epochs, {r.train_seconds:.0f} s on {r.device}")
+    return 0
+
+
+def cmd_trials(args) -> int:
+    chosen = [t.spec for name in args.tables for t in TABLES[name] if not args.trials or t.number in args.trials]
+    if not chosen:
+        raise ConfigError(f"no trial numbered {args.trials} in tables {args.tables} (trials are 1-7)")
+    return _train_specs(args, chosen)
+
+
+def cmd_studies(args) -> int:
+    profile = get_profile(args.profile)
+    return _train_specs(args, [s for name in args.studies for s in STUDIES[name](profile)])
+
+
+def cmd_notebooks(args) -> int:
+    profile = get_profile(args.profile)
+    device, jobs = _machine(args)
+    return run_main_job(profile, args.data, args.split, device, jobs, notebooks=args.names, plan_only=args.plan,
+                        timeout=args.timeout, resume_command=os.environ.get("EMNIST_RESUME_COMMAND", ""))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, ConfigError, ModelFileError, OutputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except NotebookError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+

@@ -1,0 +1,254 @@
+"""The results store: each run is trained once, by one process, and its result and model kept under its key.
+
+`Store.run(spec, splits)` returns the cached result of an identical earlier run, or takes the run's lock,
+trains it (resuming from its last epoch checkpoint), writes its trained-model file and result entry, and
+releases the lock; a second process asking for the same run meanwhile waits, then reuses the result. Entries
+carry a sha256 of their own payload, so a corrupt or partial entry is recomputed, never trusted. Everything is
+checked writable, with enough free space, before training starts.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..core.evaluation import accuracy, balanced_accuracy, choose_adjustment, logit_adjustment, predict_logits
+from ..core.paths import cache_dir, ensure_writable, require_free_space, write_text_atomic
+from ..core.registry import build_model, count_parameters
+from ..core.splits import Splits
+from ..core.trained_model import TrainedModel
+from ..core.training import History, fit, input_normalisation, pick_device, seed_everything
+from .spec import RunSpec
+
+EpochCallback = Callable[[int, History], None]
+
+
+# ----------------------------------------------------------------------------- training one run
+
+
+@dataclass
+class Trained:
+    """A freshly trained run: the model to keep, its history and its validation metrics."""
+
+    model: nn.Module
+    history: History
+    metrics: dict
+
+
+def validation_metrics(logits: torch.Tensor, splits: Splits) -> dict:
+    """Validation loss, accuracy and balanced accuracy of the delivered model, plus the logit adjustment chosen
+    on validation (its strength and the scores it gives): the same numbers for every run, so any two runs
+    compare on them."""
+    labels = splits.val_labels.cpu()
+    predictions = logits.argmax(1)
+    strength, _ = choose_adjustment(logits, labels, splits.train_prior(), balanced=splits.test_is_balanced)
+    adjusted = (logits + logit_adjustment(splits.train_prior(), strength)).argmax(1)
+    return {"val_loss": float(nn.functional.cross_entropy(logits, labels)),
+            "val_acc": accuracy(predictions, labels),
+            "val_balanced_acc": balanced_accuracy(predictions, labels, splits.num_classes),
+            "adjustment_strength": strength,
+            "val_acc_adjusted": accuracy(adjusted, labels),
+            "val_balanced_acc_adjusted": balanced_accuracy(adjusted, labels, splits.num_classes),
+            "selection_metric": "balanced" if splits.test_is_balanced else "plain"}
+
+
+def train_run(spec: RunSpec, splits: Splits, *, device: torch.device | str | None = None, checkpoint: Path | None = None,
+              progress: bool = True, callbacks: Sequence[EpochCallback] = ()) -> Trained:
+    """Train one run from scratch (or from its checkpoint) and measure the delivered model on validation."""
+    device = torch.device(device) if device is not None else pick_device()
+    seed_everything(spec.seed)
+    model = build_model(spec.model, splits.num_classes)
+    fitted = fit(model, splits, spec.recipe, seed=spec.seed, device=device, checkpoint=checkpoint,
+                 run_key=spec.key(), callbacks=callbacks, progress=progress, desc=spec.label)
+    mean, std = input_normalisation(spec.recipe, splits)
+    logits = predict_logits(fitted.model, splits.val_images, mean, std, device=device)
+    return Trained(fitted.model.cpu(), fitted.history, validation_metrics(logits, splits))
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    key: str
+    history: History
+    metrics: dict  # of the delivered model on validation (see validation_metrics)
+    parameters: int
+    train_seconds: float
+    device: str  # what trained it, e.g. "cpu (2 threads)" or "cuda (NVIDIA H200)"
+    provenance: dict
+    model_path: Path
+    environment: dict = field(default_factory=dict)
+    _model: TrainedModel | None = None
+
+    @property
+    def val_acc(self) -> float:
+        return self.metrics["val_acc"]
+
+    @property
+    def val_balanced_acc(self) -> float:
+        return self.metrics["val_balanced_acc"]
+
+    def selection_score(self) -> float:
+        """What choices are made on: balanced validation accuracy when the test split is balanced."""
+        return self.val_balanced_acc if self.metrics.get("selection_metric") == "balanced" else self.val_acc
+
+    @property
+    def trained_model(self) -> TrainedModel:
+        """The trained model (read from the store on first use)."""
+        if self._model is None:
+            self._model = TrainedModel.load(self.model_path)
+        return self._model
+
+    def to_json(self) -> dict:
+        return {"spec": self.spec.as_dict(), "key": self.key, "history": self.history.to_dict(),
+                "metrics": self.metrics, "parameters": self.parameters, "train_seconds": self.train_seconds,
+                "device": self.device, "provenance": self.provenance, "environment": self.environment}
+
+
+def device_name(device: torch.device) -> str:
+    """A device as results record it: the accelerator's model, or the CPU with its thread count."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return device.type
+
+
+def _digest(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def read_entry(path: Path, key: str) -> dict | None:
+    """A cache entry's payload if it is complete and self-consistent; None (with a warning) otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        entry = json.loads(path.read_text())
+        payload = entry["payload"]
+        if entry["sha256"] != _digest(payload) or payload["key"] != key:
+            raise ValueError("checksum or key mismatch")
+        return payload
+    except Exception as exc:
+        warnings.warn(f"cache entry {path} is corrupt ({exc}); recomputing it")
+        return None
+
+
+def write_entry(path: Path, payload: dict) -> None:
+    """Store a cache entry: `payload` with its own sha256, written atomically (what `read_entry` checks)."""
+    write_text_atomic(path, json.dumps({"sha256": _digest(payload), "payload": payload}, indent=1))
+
+
+@contextmanager
+def exclusive(lock_path: Path, waiting_message: str = ""):
+    """Hold an exclusive lock on `lock_path` (POSIX advisory lock, released when the process dies)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting_message:
+                print(waiting_message, file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+class Store:
+    """Run results, trained models, checkpoints and locks under one folder (default `.cache/`)."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root is not None else cache_dir()
+        self.trained_here = 0  # runs this object trained (the tests and the main job check it)
+
+    def paths(self, key: str) -> dict[str, Path]:
+        return {"entry": self.root / "runs" / f"{key}.json", "model": self.root / "models" / f"{key}.pt",
+                "checkpoint": self.root / "checkpoints" / f"{key}.pt", "lock": self.root / "locks" / f"{key}.lock"}
+
+    def cached(self, spec: RunSpec) -> RunResult | None:
+        """The stored result of `spec`, if there is a complete one (entry and trained-model file)."""
+        key = spec.key()
+        paths = self.paths(key)
+        payload = read_entry(paths["entry"], key)
+        if payload is None:
+            return None
+        if not paths["model"].is_file():
+            warnings.warn(f"the trained model of cached run {spec.label} ({paths['model']}) is missing; retraining")
+            return None
+        return RunResult(spec=spec, key=key, history=History.from_dict(payload["history"]),
+                         metrics=payload["metrics"], parameters=payload["parameters"],
+                         train_seconds=payload["train_seconds"], device=payload["device"],
+                         provenance=payload["provenance"], model_path=paths["model"],
+                         environment=payload.get("environment", {}))
+
+    def check_writable(self, spec: RunSpec | None = None, parameters: int = 0) -> None:
+        """Fail before any training if the store cannot take the run's files."""
+        hint = "Set EMNIST_CACHE to a writable folder."
+        for sub in ("runs", "models", "checkpoints", "locks"):
+            ensure_writable(self.root / sub, "results cache", hint)
+        # checkpoint (weights, two optimiser moments, a weight average) + model file + margin
+        require_free_space(self.root, 6 * 4 * parameters + 16 * 2**20, "results cache")
+
+    def run(self, spec: RunSpec, splits: Splits, *, device: torch.device | str | None = None, retrain: bool = False,
+            progress: bool = True, callbacks: Sequence[EpochCallback] = ()) -> RunResult:
+        """The result of `spec` on `splits`: cached, or trained now (see the module docstring)."""
+        if spec.data != splits.provenance["checksum"]:
+            raise ValueError(f"run {spec.label} is bound to data {spec.data[:12] or '(none)'}, not to the splits "
+                             f"given ({splits.provenance['checksum'][:12]})")
+        if not retrain:
+            cached = self.cached(spec)
+            if cached is not None:
+                return cached
+        key = spec.key()
+        paths = self.paths(key)
+        parameters = count_parameters(build_model(spec.model, splits.num_classes))
+        self.check_writable(spec, parameters)
+        with exclusive(paths["lock"], f"waiting: another process is training {spec.label} ({key})"):
+            cached = None if retrain else self.cached(spec)  # it may have finished while we waited
+            if cached is not None:
+                return cached
+            if retrain:
+                paths["checkpoint"].unlink(missing_ok=True)
+            device = torch.device(device) if device is not None else pick_device()
+            started = time.perf_counter()
+            trained = train_run(spec, splits, device=device, checkpoint=paths["checkpoint"], progress=progress,
+                                callbacks=callbacks)
+            mean, std = input_normalisation(spec.recipe, splits)
+            model = TrainedModel(trained.model, spec.model, list(splits.classes), mean, std,
+                                 dict(splits.provenance), run={**spec.as_dict(), "key": key},
+                                 metrics={**trained.metrics, "parameters": parameters})
+            model.save(paths["model"])
+            result = RunResult(spec=spec, key=key, history=trained.history, metrics=trained.metrics,
+                               parameters=parameters, train_seconds=sum(trained.history.seconds),
+                               device=device_name(device), provenance=dict(splits.provenance),
+                               model_path=paths["model"], environment=environment(started), _model=model)
+            write_entry(paths["entry"], result.to_json())
+            paths["checkpoint"].unlink(missing_ok=True)  # finished: the checkpoint is no longer needed
+            self.trained_here += 1
+            return result
+
+
+def environment(started: float) -> dict:
+    """Where and when a run was trained (recorded, never part of a key)."""
+    return {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(), "wall_seconds": round(time.perf_counter() - started, 1),
+            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
