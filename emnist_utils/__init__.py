@@ -5,6 +5,7 @@ files, code fingerprints, plots, reporting), `experiments` (run specs and their 
 baselines, profiles, the runner and its plan), `notebook` (what the notebooks call), `main_job` (the main job)
 and `cli` (the one command line, `python -m emnist_utils`).
 """
+
 from .core.data import EMNIST, DataError, load_emnist
 from .core.registry import ConfigError, ModelSpec, build_model, count_parameters
 from .core.splits import Splits, make_splits
@@ -16,6 +17,25 @@ from .experiments.store import RunResult, Store
 
 __version__ = "0.2.0"
 
-__all__ = ["EMNIST", "DataError", "load_emnist", "ConfigError", "ModelSpec", "build_model", "count_parameters",
-           "Splits", "make_splits", "ModelFileError", "TrainedModel", "Recipe", "fit", "pick_device", "PROFILES",
-           "Profile", "get_profile", "RunSpec", "RunResult", "Store"]
+__all__ = [
+    "EMNIST",
+    "DataError",
+    "load_emnist",
+    "ConfigError",
+    "ModelSpec",
+    "build_model",
+    "count_parameters",
+    "Splits",
+    "make_splits",
+    "ModelFileError",
+    "TrainedModel",
+    "Recipe",
+    "fit",
+    "pick_device",
+    "PROFILES",
+    "Profile",
+    "get_profile",
+    "RunSpec",
+    "RunResult",
+    "Store",
+]

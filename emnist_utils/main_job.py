@@ -8,6 +8,7 @@ The `full` profile executes the committed notebooks in place; every other profil
 a timeout's SIGTERM) prints one line saying what stopped and how to resume; finished runs and epoch
 checkpoints are kept.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,11 +19,11 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
 
 import nbformat
 from jupyter_client.manager import KernelManager
@@ -32,10 +33,11 @@ from nbclient.exceptions import CellExecutionError, DeadKernelError
 from .core.data import EMNIST, load_emnist
 from .core.paths import PROJECT_ROOT, cache_dir, ensure_writable, output_root, shown, write_text_atomic
 from .core.splits import make_splits
-from .experiments.baselines import run_baselines
+from .experiments import beyond
+from .experiments.baselines import baseline_cached, run_baselines
+from .experiments.baselines import estimate_seconds as estimate_baseline
 from .experiments.catalogue import notebook_baselines, notebook_runs
-from .experiments.plan import Calibration, describe_estimate, estimate_seconds, machine_description, \
-    schedule_wall_time
+from .experiments.plan import Calibration, describe_estimate, estimate_seconds, machine_description, schedule_wall_time
 from .experiments.profiles import Profile
 from .experiments.runner import Runner, format_duration, threads_per_job
 from .experiments.spec import RunSpec
@@ -62,8 +64,9 @@ def notebook_paths(selected: Sequence[str | Path] = ()) -> list[Path]:
         name = Path(item).name
         match = [p for p in every if p.name == name or p.stem == name or p.name.startswith(f"{name}_")]
         if not match:
-            raise ValueError(f"no notebook {item!r} in {shown(NOTEBOOK_DIR)}; there are: "
-                             + ", ".join(p.name for p in every))
+            raise ValueError(
+                f"no notebook {item!r} in {shown(NOTEBOOK_DIR)}; there are: " + ", ".join(p.name for p in every)
+            )
         out += match
     return out
 
@@ -72,8 +75,9 @@ def inject_parameters(notebook, parameters: dict) -> None:
     """Add a cell setting `parameters` right after the cell tagged `parameters`, as papermill does."""
     if not parameters:
         return
-    index = next((i for i, c in enumerate(notebook.cells) if "parameters" in c.get("metadata", {}).get("tags", [])),
-                 None)
+    index = next(
+        (i for i, c in enumerate(notebook.cells) if "parameters" in c.get("metadata", {}).get("tags", [])), None
+    )
     if index is None:
         raise ValueError("the notebook has no cell tagged 'parameters'")
     source = "# Injected parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in parameters.items())
@@ -114,8 +118,7 @@ def _stop_kernel(client: NotebookClient) -> None:
         pass
 
 
-def execute_notebook(source: Path, target: Path, parameters: dict | None = None,
-                     timeout: int | None = None) -> float:
+def execute_notebook(source: Path, target: Path, parameters: dict | None = None, timeout: int | None = None) -> float:
     """Execute `source` top to bottom (in the notebooks folder) and write it to `target` only if every cell
     ran; a failed notebook's partial outputs go to outputs/failed/. Returns the wall time."""
     notebook = nbformat.read(source, as_version=4)
@@ -124,8 +127,14 @@ def execute_notebook(source: Path, target: Path, parameters: dict | None = None,
     sockets = cache_dir() / "kernels"
     sockets.mkdir(parents=True, exist_ok=True)
     kernel = KernelManager(kernel_name="python3", transport="ipc", ip=str(sockets / f"kernel-{os.getpid()}"))
-    client = NotebookClient(notebook, km=kernel, timeout=timeout, kernel_name="python3", record_timing=False,
-                            resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+    client = NotebookClient(
+        notebook,
+        km=kernel,
+        timeout=timeout,
+        kernel_name="python3",
+        record_timing=False,
+        resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
+    )
     # The client runs in a thread of its own: nbclient then leaves the signal handlers alone, so Ctrl-C and
     # SIGTERM reach this thread, which stops the kernel and reports the interruption in one line. The kernel's
     # own messages go to a log file instead of the terminal.
@@ -158,11 +167,14 @@ def execute_notebook(source: Path, target: Path, parameters: dict | None = None,
         failed = output_root("failed") / source.name
         failed.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(notebook, failed)
-        raise NotebookError(f"{source.name} failed: {getattr(error, 'ename', 'error')}: "
-                            f"{str(getattr(error, 'evalue', error))[:300]} (partial outputs in {shown(failed)})")
+        raise NotebookError(
+            f"{source.name} failed: {getattr(error, 'ename', 'error')}: "
+            f"{str(getattr(error, 'evalue', error))[:300]} (partial outputs in {shown(failed)})"
+        )
     if isinstance(error, DeadKernelError):
-        raise NotebookError(f"{source.name}: the kernel died (out of memory?); its log: "
-                            f"{shown(sockets / 'kernels.log')}")
+        raise NotebookError(
+            f"{source.name}: the kernel died (out of memory?); its log: {shown(sockets / 'kernels.log')}"
+        )
     if error is not None:
         raise error
     _stable(notebook)
@@ -186,36 +198,44 @@ class PlanRow:
 class Plan:
     rows: list[PlanRow]
     todo: list[RunSpec]  # runs to train, each once
-    estimates: dict[str, float]  # key -> seconds
+    estimates: dict[str, float]  # run key -> seconds
     jobs: int
-    baselines_todo: list[str]
+    baselines_todo: dict[str, float]  # baseline name -> seconds (fitted one after the other)
 
     @property
     def wall_estimate(self) -> float:
-        return schedule_wall_time(list(self.estimates.values()), self.jobs)
+        return schedule_wall_time(list(self.estimates.values()), self.jobs) + sum(self.baselines_todo.values())
 
     def describe(self, profile: Profile, device: str) -> str:
         width = max(len(r.notebook) for r in self.rows) if self.rows else 10
-        lines = [f"plan ({profile.name} profile, {device}, {self.jobs} job(s) at a time; "
-                 f"estimates measured on {machine_description()}):",
-                 f"  {'notebook':{width}s}  runs  cached  to train  estimated training (one job)"]
+        lines = [
+            f"plan ({profile.name} profile, {device}, {self.jobs} job(s) at a time; "
+            f"estimates measured on {machine_description()}):",
+            f"  {'notebook':{width}s}  runs  cached  to train  estimated training (one job)",
+        ]
         for r in self.rows:
             extra = f" + {len(r.baselines)} baselines" if r.baselines else ""
-            lines.append(f"  {r.notebook:{width}s}  {len(r.runs):4d}  {r.cached:6d}  {len(r.runs) - r.cached:8d}  "
-                         f"{describe_estimate(r.estimate)}{extra}")
-        total = sum(self.estimates.values())
-        lines.append(f"  distinct runs to train: {len(self.todo)}, {describe_estimate(total)} of training in one job; "
-                     f"about {describe_estimate(self.wall_estimate)} of wall time with {self.jobs} job(s)"
-                     + (f"; {len(self.baselines_todo)} scikit-learn baselines to fit" if self.baselines_todo else ""))
+            lines.append(
+                f"  {r.notebook:{width}s}  {len(r.runs):4d}  {r.cached:6d}  {len(r.runs) - r.cached:8d}  "
+                f"{describe_estimate(r.estimate)}{extra}"
+            )
+        total = sum(self.estimates.values()) + sum(self.baselines_todo.values())
+        lines.append(
+            f"  distinct runs to train: {len(self.todo)}, {describe_estimate(total)} of training in one job; "
+            f"about {describe_estimate(self.wall_estimate)} of wall time with {self.jobs} job(s)"
+            + (f"; {len(self.baselines_todo)} scikit-learn baselines to fit" if self.baselines_todo else "")
+        )
         return "\n".join(lines)
 
 
-def make_plan(notebooks: Sequence[Path], profile: Profile, data: EMNIST, store: Store, device, jobs: int,
-              progress=None) -> Plan:
+def make_plan(
+    notebooks: Sequence[Path], profile: Profile, data: EMNIST, store: Store, device, jobs: int, progress=None
+) -> Plan:
     """Every run the given notebooks need (bound to the data and profile), which are cached, and the measured
-    estimate of the rest."""
+    estimate of the rest. Runs that depend on other runs' results (notebook 05's seeds of the chosen candidate)
+    appear once those results are cached."""
     splits = make_splits(data, 0, **profile.limits())
-    wanted = notebook_runs(profile)
+    wanted = notebook_runs(profile, beyond.chooser(lambda spec: store.cached(spec.bind(splits, profile))))
     rows, todo, seen = [], [], set()
     for path in notebooks:
         specs = [s.bind(splits, profile) for s in wanted.get(path.stem, [])]
@@ -231,7 +251,13 @@ def make_plan(notebooks: Sequence[Path], profile: Profile, data: EMNIST, store: 
     estimates = {s.key(): estimate_seconds(s, throughput[s.key()], n_train, n_val) for s in todo}
     for row in rows:
         row.estimate = sum(estimates.get(s.key(), 0.0) for s in {s.key(): s for s in row.runs}.values())
-    baselines = sorted({b for r in rows for b in r.baselines})
+    baselines = {b: 0.0 for r in rows for b in r.baselines if not baseline_cached(b, splits, profile, store.root)}
+    for name in baselines:
+        baselines[name] = calibration.baseline(
+            [name, profile.name, splits.sizes()], lambda n=name: estimate_baseline(n, splits, profile)
+        )
+    for row in rows:
+        row.estimate += sum(baselines.get(b, 0.0) for b in row.baselines)
     return Plan(rows, todo, estimates, jobs, baselines)
 
 
@@ -249,9 +275,18 @@ def _raise_interrupted(signum, frame):
     raise Interrupted()
 
 
-def run_main_job(profile: Profile, data_dir: str | None, split: str | None, device, jobs: int, *,
-                 notebooks: Sequence[str] = (), plan_only: bool = False, timeout: int | None = None,
-                 resume_command: str = "") -> int:
+def run_main_job(
+    profile: Profile,
+    data_dir: str | None,
+    split: str | None,
+    device,
+    jobs: int,
+    *,
+    notebooks: Sequence[str] = (),
+    plan_only: bool = False,
+    timeout: int | None = None,
+    resume_command: str = "",
+) -> int:
     """Plan, train and execute (see the module docstring). Returns the process exit code."""
     stage = Stage()
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
@@ -259,8 +294,11 @@ def run_main_job(profile: Profile, data_dir: str | None, split: str | None, devi
         return _main_job(stage, profile, data_dir, split, device, jobs, notebooks, plan_only, timeout)
     except (Interrupted, KeyboardInterrupt):
         command = resume_command or "python -m emnist_utils " + shlex.join(sys.argv[1:])
-        print(f"\ninterrupted while {stage.text}; finished runs and epoch checkpoints are kept. "
-              f"Resume with: {command}", file=sys.stderr, flush=True)
+        print(
+            f"\ninterrupted while {stage.text}; finished runs and epoch checkpoints are kept. Resume with: {command}",
+            file=sys.stderr,
+            flush=True,
+        )
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -276,35 +314,45 @@ def _main_job(stage, profile, data_dir, split, device, jobs, notebooks, plan_onl
     target_dir = NOTEBOOK_DIR if profile.writes_committed else output_root(profile.name) / "notebooks"
     ensure_writable(target_dir, "notebooks folder")
     stage.text = "measuring this machine for the plan"
-    plan = make_plan(paths, profile, data, store, device, jobs,
-                     progress=lambda text: print(f"  {text}", file=sys.stderr, flush=True))
+    calibrating = lambda text: print(f"  {text}", file=sys.stderr, flush=True)  # noqa: E731
+    plan = make_plan(paths, profile, data, store, device, jobs, progress=calibrating)
     print(plan.describe(profile, str(device)), flush=True)
     if plan_only:
         return 0
     started = time.perf_counter()
-    if plan.todo:
+    trained_runs = 0
+    while plan.todo:  # a second round trains what the first round's results decided (notebook 05's seeds)
         stage.text = f"training {len(plan.todo)} runs"
         Runner(store, data, device=device, jobs=jobs, progress=True).run_many(plan.todo, plan.estimates)
+        trained_runs += len(plan.todo)
+        plan = make_plan(paths, profile, data, store, device, jobs, progress=calibrating)
+        if plan.todo:
+            print(f"decided by the runs just trained: {len(plan.todo)} more run(s)", flush=True)
     if plan.baselines_todo:
         stage.text = "fitting the scikit-learn baselines"
         print(f"fitting {len(plan.baselines_todo)} scikit-learn baselines (cached once fitted) ...", flush=True)
-        run_baselines(make_splits(data, 0, **profile.limits()), profile, plan.baselines_todo, root=store.root)
-    trained = bool(plan.todo)
+        run_baselines(make_splits(data, 0, **profile.limits()), profile, list(plan.baselines_todo), root=store.root)
+    trained = trained_runs > 0
     times = []
     env = {"EMNIST_PROFILE": profile.name, "EMNIST_DATA": str(data.root), "EMNIST_SPLIT": data.split}
     os.environ.update(env)
     for i, path in enumerate(paths, start=1):
         stage.text = f"executing {path.name} ({i} of {len(paths)})"
-        print(f"executing {path.name} ({i}/{len(paths)}, {profile.name} profile) -> {shown(target_dir / path.name)}",
-              flush=True)
+        print(
+            f"executing {path.name} ({i}/{len(paths)}, {profile.name} profile) -> {shown(target_dir / path.name)}",
+            flush=True,
+        )
         seconds = execute_notebook(path, target_dir / path.name, timeout=timeout)
         times.append((path.name, seconds))
         print(f"  {path.name}: {format_duration(seconds)}", flush=True)
     total = time.perf_counter() - started
-    print(f"main job ({profile.name} profile): {format_duration(total)} wall time"
-          + ("" if trained else " (everything was cached)"), flush=True)
+    print(
+        f"main job ({profile.name} profile): {format_duration(total)} wall time"
+        + ("" if trained else " (everything was cached)"),
+        flush=True,
+    )
     if trained:
-        record_runtimes(profile, data, times, total, len(plan.todo))
+        record_runtimes(profile, data, times, total, trained_runs)
     return 0
 
 
@@ -318,8 +366,18 @@ def record_runtimes(profile: Profile, data: EMNIST, times, total: float, trained
             rows = list(csv.reader(f))
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for name, seconds in [*times, ("whole job", total)]:
-        rows.append([stamp, profile.name, f"emnist-{data.split}", data.short_checksum, name, f"{seconds:.1f}",
-                     str(trained_runs), machine_description()])
+        rows.append(
+            [
+                stamp,
+                profile.name,
+                f"emnist-{data.split}",
+                data.short_checksum,
+                name,
+                f"{seconds:.1f}",
+                str(trained_runs),
+                machine_description(),
+            ]
+        )
     text = "".join(",".join(f'"{c}"' if "," in c else c for c in row) + "\n" for row in rows)
     write_text_atomic(path, text)
     return path

@@ -5,14 +5,16 @@ context's own profile says (committed `figures/` and `results/` for `full`, `out
 however the profile was set. Each helper is one step a notebook reads as prose: run a table of trials, run a
 study, evaluate a model on the test split once, save it.
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy
@@ -30,6 +32,7 @@ from .core.reporting import stamp, write_json, write_table
 from .core.splits import Splits, make_splits
 from .core.trained_model import TrainedModel
 from .core.training import pick_device
+from .experiments.plan import Calibration
 from .experiments.profiles import Profile, get_profile
 from .experiments.runner import Runner
 from .experiments.spec import RunSpec
@@ -102,11 +105,18 @@ class Context:
         self.write_table(table, study.name, f"{study.title}: validation accuracy (mean over seeds)")
         return table, results
 
+    def cpu_throughput(self, specs: Sequence[RunSpec]) -> list[tuple[float, float]]:
+        """Training images/s of each spec on this machine's CPU with all its cores, measured once in one
+        interleaved run and kept in the store (so re-running shows the same numbers)."""
+        calibration = Calibration(self.store.root / "calibration.json", torch.device("cpu"), os.cpu_count() or 1)
+        return calibration.interleaved([self.bind(s) for s in specs], len(self.classes))
+
     # --------------------------------------------------------------------------- outputs
 
     def write_table(self, df: pd.DataFrame, name: str, caption: str = "") -> dict[str, Path]:
-        return write_table(df, name, self.results_dir, provenance=self.provenance, profile=self.profile.name,
-                           caption=caption)
+        return write_table(
+            df, name, self.results_dir, provenance=self.provenance, profile=self.profile.name, caption=caption
+        )
 
     def write_json(self, obj: dict, name: str) -> Path:
         return write_json(obj, name, self.results_dir, provenance=self.provenance, profile=self.profile.name)
@@ -115,7 +125,7 @@ class Context:
         return save_figure(fig, name, self.figures_dir)
 
     def stamp(self) -> str:
-        """"data: emnist-standin (sha256 ...), profile: full": what every reported number names."""
+        """ "data: emnist-standin (sha256 ...), profile: full": what every reported number names."""
         return stamp(self.provenance, self.profile.name)
 
     # --------------------------------------------------------------------------- test split, once
@@ -128,30 +138,50 @@ class Context:
         logits = model.logits(self.splits.test_images, device=self.device, raw=raw)
         return {"logits": logits, **report(logits.argmax(1), self.splits.test_labels, self.classes)}
 
-    def save_model(self, model: TrainedModel, name: str, evaluation: dict | None = None,
-                   extra: dict | None = None) -> dict[str, str]:
+    def save_model(
+        self, model: TrainedModel, name: str, evaluation: dict | None = None, extra: dict | None = None
+    ) -> dict[str, str]:
         """results/<name>.pt (the trained-model file, with its test metrics) and results/<name>_metrics.json."""
         test = {}
         if evaluation is not None:
-            test = {"test_acc": evaluation["accuracy"], "test_balanced_acc": evaluation["balanced_accuracy"],
-                    "test_acc_confusable_merged": evaluation["merged_accuracy"], "test_sizes": self.splits.sizes()}
+            test = {
+                "test_acc": evaluation["accuracy"],
+                "test_balanced_acc": evaluation["balanced_accuracy"],
+                "test_acc_confusable_merged": evaluation["merged_accuracy"],
+                "test_sizes": self.splits.sizes(),
+            }
         saved = model.with_prediction()
         saved.metrics = {**model.metrics, **test, **(extra or {}), "profile": self.profile.name}
         ensure_writable(self.results_dir, "results folder")
         weights = saved.save(self.results_dir / f"{name}.pt")
-        metrics = self.write_json({"model": saved.spec.as_dict(), "run": saved.run, "metrics": saved.metrics,
-                                   "prediction": saved.metadata()["prediction"],
-                                   "parameters": saved.parameters}, f"{name}_metrics")
+        metrics = self.write_json(
+            {
+                "model": saved.spec.as_dict(),
+                "run": saved.run,
+                "metrics": saved.metrics,
+                "prediction": saved.metadata()["prediction"],
+                "parameters": saved.parameters,
+            },
+            f"{name}_metrics",
+        )
         return {"model": shown(weights), "metrics": shown(metrics)}
 
 
 def versions() -> str:
-    return (f"python {platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}, "
-            f"scikit-learn {sklearn.__version__}, threads {torch.get_num_threads()}")
+    return (
+        f"python {platform.python_version()}, torch {torch.__version__}, numpy {numpy.__version__}, "
+        f"scikit-learn {sklearn.__version__}, threads {torch.get_num_threads()}"
+    )
 
 
-def start(profile: str | None = None, seed: int = 0, data_dir: str | None = None, split: str | None = None,
-          device: str | None = None, retrain: bool = False) -> Context:
+def start(
+    profile: str | None = None,
+    seed: int = 0,
+    data_dir: str | None = None,
+    split: str | None = None,
+    device: str | None = None,
+    retrain: bool = False,
+) -> Context:
     """Resolve the parameters (arguments, else EMNIST_* variables), check that every output folder is writable,
     load and verify the data, make the splits."""
     prof = get_profile(profile)
@@ -166,19 +196,22 @@ def start(profile: str | None = None, seed: int = 0, data_dir: str | None = None
     print(f"profile: {prof.name} | seed: {seed} | device: {dev.type} | outputs: {shown(output) or '.'}")
     print(versions())
     print(f"data: emnist-{data.split} from {shown(data.root)}")
-    return Context(profile=prof, seed=seed, device=dev, data=data, splits=splits, store=store, output=output,
-                   retrain=retrain)
+    return Context(
+        profile=prof, seed=seed, device=dev, data=data, splits=splits, store=store, output=output, retrain=retrain
+    )
 
 
 def data_facts(ctx: Context) -> str:
     """Profile-independent facts about the loaded data (a checked notebook output: it must match in CI)."""
     d = ctx.data
-    return (f"dataset: emnist-{d.split}\n"
-            f"train images: {tuple(d.train_images.shape)} {d.train_images.dtype}, "
-            f"test images: {tuple(d.test_images.shape)} {d.test_images.dtype}\n"
-            f"classes: {d.num_classes}: {''.join(d.classes)}\n"
-            f"sha256 of the decompressed data: {d.checksum}\n"
-            f"verified by: {d.verified_by}")
+    return (
+        f"dataset: emnist-{d.split}\n"
+        f"train images: {tuple(d.train_images.shape)} {d.train_images.dtype}, "
+        f"test images: {tuple(d.test_images.shape)} {d.test_images.dtype}\n"
+        f"classes: {d.num_classes}: {''.join(d.classes)}\n"
+        f"sha256 of the decompressed data: {d.checksum}\n"
+        f"verified by: {d.verified_by}"
+    )
 
 
 def model_summary(spec: ModelSpec | RunSpec, num_classes: int) -> str:
@@ -193,7 +226,6 @@ def model_summary(spec: ModelSpec | RunSpec, num_classes: int) -> str:
     return buffer.getvalue().rstrip()
 
 
-
 # ----------------------------------------------------------------------------- closing summaries
 
 
@@ -206,24 +238,29 @@ def class_balance(data: EMNIST) -> str:
         if low == high:
             lines.append(f"{part}: {low:,} images per class (balanced)")
         else:
-            lines.append(f"{part}: {low:,} to {high:,} images per class (imbalanced, rarest "
-                         f"'{data.classes[int(counts.argmin())]}')")
+            lines.append(
+                f"{part}: {low:,} to {high:,} images per class (imbalanced, rarest "
+                f"'{data.classes[int(counts.argmin())]}')"
+            )
     return "\n".join(lines)
 
 
 def data_summary(ctx: Context) -> str:
     s = ctx.splits
-    return (f"{ctx.stamp()}\n{ctx.data.num_classes} classes; train / validation / test: "
-            f"{s.sizes()['train']:,} / {s.sizes()['validation']:,} / {s.sizes()['test']:,} images\n"
-            f"normalisation: mean {s.mean:.4f}, std {s.std:.4f}; test split balanced: {s.test_is_balanced}")
+    return (
+        f"{ctx.stamp()}\n{ctx.data.num_classes} classes; train / validation / test: "
+        f"{s.sizes()['train']:,} / {s.sizes()['validation']:,} / {s.sizes()['test']:,} images\n"
+        f"normalisation: mean {s.mean:.4f}, std {s.std:.4f}; test split balanced: {s.test_is_balanced}"
+    )
 
 
 def test_summary(ctx: Context, evaluation: dict, reference: float | None = None) -> str:
     """The test numbers of one model, with the data, checksum and profile they came from."""
-    lines = [f"test split of emnist-{ctx.data.split}: {ctx.splits.sizes()['test']:,} images ({ctx.stamp()})",
-             f"test accuracy: {evaluation['accuracy']:.2f}% (balanced: {evaluation['balanced_accuracy']:.2f}%)",
-             f"with look-alike classes merged (0/O, 1/I/l, 2/Z, 5/S, 9/g/q, F/f, ...): "
-             f"{evaluation['merged_accuracy']:.2f}%"]
+    lines = [
+        f"test split of emnist-{ctx.data.split}: {ctx.splits.sizes()['test']:,} images ({ctx.stamp()})",
+        f"test accuracy: {evaluation['accuracy']:.2f}% (balanced: {evaluation['balanced_accuracy']:.2f}%)",
+        f"with look-alike classes merged (0/O, 1/I/l, 2/Z, 5/S, 9/g/q, F/f, ...): {evaluation['merged_accuracy']:.2f}%",
+    ]
     if reference is not None:
         lines.append(f"the report, on EMNIST balanced (different data): {reference}%")
     return "\n".join(lines)
@@ -234,36 +271,57 @@ def recipe_table(ctx: Context, runs: dict[str, RunResult]) -> pd.DataFrame:
     rows = []
     for name, run in runs.items():
         test = ctx.test_report(run.trained_model)
-        rows.append({"recipe": name, "arch": run.spec.model.arch, "parameters": run.parameters,
-                     "epochs": run.history.epochs, "train_seconds": round(run.train_seconds, 1),
-                     "trained_on": run.device, "val_acc_%": round(run.val_acc, 2),
-                     "val_balanced_acc_%": round(run.val_balanced_acc, 2), "test_acc_%": round(test["accuracy"], 2),
-                     "test_balanced_acc_%": round(test["balanced_accuracy"], 2)})
+        rows.append(
+            {
+                "recipe": name,
+                "arch": run.spec.model.arch,
+                "parameters": run.parameters,
+                "epochs": run.history.epochs,
+                "train_seconds": round(run.train_seconds, 1),
+                "trained_on": run.device,
+                "val_acc_%": round(run.val_acc, 2),
+                "val_balanced_acc_%": round(run.val_balanced_acc, 2),
+                "test_acc_%": round(test["accuracy"], 2),
+                "test_balanced_acc_%": round(test["balanced_accuracy"], 2),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def final_summary(ctx: Context, chosen, final: RunResult, evaluation: dict, recipes: pd.DataFrame) -> str:
-    lines = [ctx.stamp(),
-             f"final model: Table 1.2 trial {chosen.number} ({final.parameters:,} parameters), chosen on validation "
-             f"({final.val_balanced_acc:.2f}% balanced); test accuracy {evaluation['accuracy']:.2f}%, "
-             f"{evaluation['merged_accuracy']:.2f}% with look-alikes merged"]
+    lines = [
+        ctx.stamp(),
+        f"final model: Table 1.2 trial {chosen.number} ({final.parameters:,} parameters), chosen on validation "
+        f"({final.val_balanced_acc:.2f}% balanced); test accuracy {evaluation['accuracy']:.2f}%, "
+        f"{evaluation['merged_accuracy']:.2f}% with look-alikes merged",
+    ]
     worst = evaluation["most_confused"].head(3)
-    lines.append("most confused: " + "; ".join(
-        f"'{r['true']}' read as '{r['predicted']}' {r['share_of_true_class_%']:.0f}%" for _, r in worst.iterrows()))
+    lines.append(
+        "most confused: "
+        + "; ".join(
+            f"'{r['true']}' read as '{r['predicted']}' {r['share_of_true_class_%']:.0f}%" for _, r in worst.iterrows()
+        )
+    )
     for _, r in recipes.iterrows():
-        lines.append(f"recipe {r['recipe']}: {r['epochs']} epochs, {r['train_seconds'] / 60:.1f} min on "
-                     f"{r['trained_on']}, test {r['test_acc_%']:.2f}%")
+        lines.append(
+            f"recipe {r['recipe']}: {r['epochs']} epochs, {r['train_seconds'] / 60:.1f} min on "
+            f"{r['trained_on']}, test {r['test_acc_%']:.2f}%"
+        )
     return "\n".join(lines)
 
 
 def comparison_summary(ctx: Context, baselines: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> str:
     lines = [ctx.stamp()]
     best = baselines.loc[baselines["val_acc_%"].idxmax()]
-    lines.append(f"best classic classifier: {best['baseline']}, validation {best['val_acc_%']:.2f}%, "
-                 f"test {best['test_acc_%']:.2f}%")
+    lines.append(
+        f"best classic classifier: {best['baseline']}, validation {best['val_acc_%']:.2f}%, "
+        f"test {best['test_acc_%']:.2f}%"
+    )
     for name, table in tables.items():
         top = table.loc[table["val_acc_mean_%"].idxmax()]
-        lines.append(f"{name}: best {top['variant']} ({top['val_acc_mean_%']:.2f}% over {top['seeds']} seed(s); "
-                     f"{top['gain_vs_first_row']:+.2f} vs the first row, within noise: "
-                     f"{top['within_noise_of_first_row']})")
+        lines.append(
+            f"{name}: best {top['variant']} ({top['val_acc_mean_%']:.2f}% over {top['seeds']} seed(s); "
+            f"{top['gain_vs_baseline']:+.2f} vs the baseline row, within noise: "
+            f"{top['within_noise_of_baseline']})"
+        )
     return "\n".join(lines)

@@ -217,3 +217,31 @@ def read_only_dir(path: Path):
         yield path
     finally:
         subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+# ----------------------------------------------------------------------------- profiles and stand-in results
+
+
+def small_profile():
+    """The profile `small_splits` corresponds to (1,500 / 500 / 470 images, every epoch), so that runs bound with
+    it record those limits and a runner rebuilds exactly `small_splits`' training and validation parts."""
+    from emnist_utils.experiments.profiles import Profile
+
+    return Profile("test", "the tests' small splits", train_limit=1500, val_limit=500, test_limit=470)
+
+
+def fake_result(val_acc: float = 50.0, val_balanced_acc: float | None = None, *, spec=None,
+                selection_metric: str = "balanced", parameters: int = 1000, train_seconds: float = 1.0,
+                device: str = "cpu (1 threads)", epochs: int = 1):
+    """A RunResult with the given numbers and no trained model behind it (for tables, choices and progress)."""
+    from emnist_utils.core.training import History
+    from emnist_utils.experiments.store import RunResult
+
+    balanced = val_acc if val_balanced_acc is None else val_balanced_acc
+    history = History(train_loss=[1.0] * epochs, train_acc=[val_acc] * epochs, val_loss=[1.0] * epochs,
+                      val_acc=[val_acc] * epochs, val_balanced_acc=[balanced] * epochs,
+                      seconds=[train_seconds / epochs] * epochs)
+    metrics = {"val_acc": val_acc, "val_balanced_acc": balanced, "selection_metric": selection_metric}
+    return RunResult(spec=spec if spec is not None else tiny_spec(), key="fake", history=history, metrics=metrics,
+                     parameters=parameters, train_seconds=train_seconds, device=device, provenance={},
+                     model_path=Path("/nonexistent/fake.pt"))

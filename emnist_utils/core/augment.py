@@ -4,10 +4,11 @@ Each augmentation takes a normalised batch (N, 1, 28, 28) and returns one of the
 numbers come from torch's global generator, which `fit` seeds and checkpoints, so augmented runs stay
 deterministic and resumable.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +16,13 @@ import torch.nn.functional as F
 Augmentation = Callable[[torch.Tensor], torch.Tensor]
 
 
-def random_affine(x: torch.Tensor, max_degrees: float = 10.0, max_shift: float = 0.1, scale: tuple = (0.9, 1.1),
-                  max_shear: float = 0.1) -> torch.Tensor:
+def random_affine(
+    x: torch.Tensor,
+    max_degrees: float = 10.0,
+    max_shift: float = 0.1,
+    scale: tuple = (0.9, 1.1),
+    max_shear: float = 0.1,
+) -> torch.Tensor:
     """Rotate, scale, shear and shift every image by its own random amount, in one grid_sample call.
 
     Shifts are a fraction of the image size. Pixels moved in from outside take the background value
@@ -28,8 +34,9 @@ def random_affine(x: torch.Tensor, max_degrees: float = 10.0, max_shift: float =
     shear = (torch.rand(n) * 2 - 1) * max_shear
     shift = (torch.rand(n, 2) * 2 - 1) * max_shift * 2  # affine_grid coordinates span [-1, 1]
     cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
-    theta = torch.stack([torch.stack([cos, -sin + shear, shift[:, 0]], 1),
-                         torch.stack([sin, cos, shift[:, 1]], 1)], 1).to(x.device, x.dtype)
+    theta = torch.stack(
+        [torch.stack([cos, -sin + shear, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    ).to(x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     background = x.amin()
     return F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + background
@@ -62,15 +69,16 @@ def get_augmentation(name: str) -> Augmentation | None:
     return AUGMENTATIONS[name]
 
 
-def shift_images(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
-    """Move a normalised batch (N, 1, H, W) by whole pixels (dx right, dy down), filling with the background
-    value. Used for test-time augmentation: small shifts only, never flips (b/d and p/q are mirror images)."""
+def shift_images(x: torch.Tensor, dx: int, dy: int, background: float | None = None) -> torch.Tensor:
+    """Move a normalised batch (N, 1, H, W) by whole pixels (dx right, dy down), filling with `background` (the
+    normalised value of a black pixel; default: the batch minimum). Used for test-time augmentation: small
+    shifts only, never flips (b/d and p/q are mirror images)."""
     if dx == 0 and dy == 0:
         return x
-    background = float(x.amin())
+    background = float(x.amin()) if background is None else background
     _, _, h, w = x.shape
     padded = F.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), value=background)
     top, left = max(-dy, 0), max(-dx, 0)
-    out = padded[:, :, top:top + h, left:left + w]
+    out = padded[:, :, top : top + h, left : left + w]
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

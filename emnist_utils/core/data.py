@@ -5,13 +5,13 @@ verified (sha256 against the official hashes or a `SHA256SUMS` file, IDX magic n
 range), turned upright and kept in memory as one uint8 tensor. Every problem with the files becomes one
 `DataError` that names the file, the problem and the fix. Used by every notebook and command.
 """
+
 from __future__ import annotations
 
 import gzip
 import hashlib
 import os
 import shutil
-import socket
 import struct
 import urllib.error
 import urllib.request
@@ -42,9 +42,9 @@ OFFICIAL_SPLITS = ("balanced", "byclass", "bymerge", "letters", "digits", "mnist
 # are not published; for those the labels are checked byte for byte and the images structurally.
 OFFICIAL_SHA256 = {
     "balanced": {
-        "emnist-balanced-train-images-idx3-ubyte.gz": "74295e75e4e9fa2c102147460ee7eb763653d5132d883a84fb88932bfb8d2db4",
+        "emnist-balanced-train-images-idx3-ubyte.gz": "74295e75e4e9fa2c102147460ee7eb763653d5132d883a84fb88932bfb8d2db4",  # noqa: E501
         "emnist-balanced-test-images-idx3-ubyte.gz": "117fc12b015e37ea98bfb2cbba3f77c3782c056cdbd219b87abfc8661d7135db",
-        "emnist-balanced-train-labels-idx1-ubyte.gz": "b46d41e5156a0a8aaaa4d18979fdd1588850fa8571018acffd5d93b325a7d6ed",
+        "emnist-balanced-train-labels-idx1-ubyte.gz": "b46d41e5156a0a8aaaa4d18979fdd1588850fa8571018acffd5d93b325a7d6ed",  # noqa: E501
         "emnist-balanced-test-labels-idx1-ubyte.gz": "a67cac948379b67270b9a4d0a01c8ec661598accf2f2b1964340b7c83cb175cd",
         "emnist-balanced-train-labels-idx1-ubyte": "a9c2984bf327d013e469d8b66e4bf6e4e98aaeebddc35d1c869b2cd3d1806e12",
         "emnist-balanced-test-labels-idx1-ubyte": "91807a38b4dab13f65fed7d9cac9fa6e7d27fc8c24f52327b8e6435ebfe18e90",
@@ -97,11 +97,12 @@ def read_file_bytes(path: Path) -> bytes:
                 return f.read()
         return path.read_bytes()
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise DataError(f"{path}: truncated or corrupted gzip file ({exc}). "
-                        "Delete it and download it again.") from exc
+        raise DataError(f"{path}: truncated or corrupted gzip file ({exc}). Delete it and download it again.") from exc
     except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}). Check that the file is readable "
-                        f"by this user (ls -l {path}).") from exc
+        raise DataError(
+            f"{path}: cannot be read ({exc.strerror or exc}). Check that the file is readable "
+            f"by this user (ls -l {path})."
+        ) from exc
 
 
 def parse_idx(raw: bytes, expected_magic: int, path: Path | str = "<bytes>") -> np.ndarray:
@@ -111,8 +112,10 @@ def parse_idx(raw: bytes, expected_magic: int, path: Path | str = "<bytes>") -> 
     (magic,) = struct.unpack(">I", raw[:4])
     if magic != expected_magic:
         kind = "images (idx3)" if expected_magic == IMAGES_MAGIC else "labels (idx1)"
-        raise DataError(f"{path}: IDX magic number {magic}, expected {expected_magic} for an EMNIST {kind} "
-                        "file. Is this the right file (images and labels swapped, or not an IDX file)?")
+        raise DataError(
+            f"{path}: IDX magic number {magic}, expected {expected_magic} for an EMNIST {kind} "
+            "file. Is this the right file (images and labels swapped, or not an IDX file)?"
+        )
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -120,8 +123,10 @@ def parse_idx(raw: bytes, expected_magic: int, path: Path | str = "<bytes>") -> 
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     expected = header + int(np.prod(dims, dtype=np.int64))
     if len(raw) != expected:
-        raise DataError(f"{path}: header promises {dims} = {expected} bytes but the file holds {len(raw)}. "
-                        "The file is truncated or damaged; download it again.")
+        raise DataError(
+            f"{path}: header promises {dims} = {expected} bytes but the file holds {len(raw)}. "
+            "The file is truncated or damaged; download it again."
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -161,8 +166,9 @@ def read_mapping(path: Path) -> tuple[list[str], int]:
         raise DataError(f"{path}: the mapping file is empty. Copy emnist-<split>-mapping.txt again.")
     first = min(labels)
     if sorted(labels) != list(range(first, first + len(labels))) or first not in (0, 1):
-        raise DataError(f"{path}: labels must be consecutive from 0 (or 1, as in EMNIST letters), "
-                        f"got {sorted(labels)[:5]}...")
+        raise DataError(
+            f"{path}: labels must be consecutive from 0 (or 1, as in EMNIST letters), got {sorted(labels)[:5]}..."
+        )
     return [name for _, name in sorted(rows)], first
 
 
@@ -203,8 +209,9 @@ def splits_present(root: Path) -> list[str]:
     return sorted(names)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in chunks; a file that cannot be read is a DataError naming it."""
+    digest = hashlib.new(algorithm)
     try:
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -212,6 +219,10 @@ def sha256_file(path: Path) -> str:
     except OSError as exc:
         raise DataError(f"{path}: cannot be read ({exc.strerror or exc}).") from exc
     return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return file_digest(path, "sha256")
 
 
 def _read_sha256sums(directory: Path) -> dict[str, str]:
@@ -246,8 +257,10 @@ def verify_files(files: dict[str, Path], split: str, allow_unverified: bool = Fa
             continue
         actual = sha256_file(path)
         if actual != known:
-            raise DataError(f"{path}: sha256 {actual[:16]}... does not match {source} ({known[:16]}...). "
-                            "The file is corrupted or not the expected one; delete it and download it again.")
+            raise DataError(
+                f"{path}: sha256 {actual[:16]}... does not match {source} ({known[:16]}...). "
+                "The file is corrupted or not the expected one; delete it and download it again."
+            )
         how.add("official EMNIST sha256" if path.name in official else "SHA256SUMS")
     # Decompressed official balanced images have no published hash: their labels are checked byte for byte
     # above and the images structurally (count and shape) when read.
@@ -255,9 +268,11 @@ def verify_files(files: dict[str, Path], split: str, allow_unverified: bool = Fa
     unverified = [p for p in unverified if p not in structural]
     if unverified and not allow_unverified:
         names = ", ".join(str(p) for p in unverified)
-        raise DataError(f"cannot verify {names}: not an official EMNIST file and no SHA256SUMS entry beside it. "
-                        "Add a SHA256SUMS file (sha256sum emnist-* > SHA256SUMS) if you trust these files, or "
-                        "pass --allow-unverified / set EMNIST_ALLOW_UNVERIFIED=1.")
+        raise DataError(
+            f"cannot verify {names}: not an official EMNIST file and no SHA256SUMS entry beside it. "
+            "Add a SHA256SUMS file (sha256sum emnist-* > SHA256SUMS) if you trust these files, or "
+            "pass --allow-unverified / set EMNIST_ALLOW_UNVERIFIED=1."
+        )
     parts = sorted(how)
     if structural:
         parts.append("decompressed images checked by count and shape (no official hash published)")
@@ -269,26 +284,40 @@ def verify_files(files: dict[str, Path], split: str, allow_unverified: bool = Fa
 # ----------------------------------------------------------------------------- download
 
 
-def _download(url: str, target: Path, timeout: float, progress: bool) -> None:
+def _download(url: str, target: Path, split: str, timeout: float, progress: bool) -> None:
     partial = target.with_name(target.name + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
+        out = open(partial, "wb")
+    except OSError as exc:
+        raise DataError(
+            f"cannot write the download to {partial} ({exc.strerror or exc}); choose a writable data "
+            "folder with --data / EMNIST_DATA."
+        ) from exc
+    try:
+        with out, urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc="EMNIST gzip.zip", disable=not progress) as bar:
                 for chunk in iter(lambda: response.read(1 << 20), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as exc:
+    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
         partial.unlink(missing_ok=True)
         raise DataError(
             f"could not download EMNIST from {url} ({exc}). If this machine is offline, get gzip.zip elsewhere "
-            f"and put it, or the emnist-<split>-* files from its gzip/ folder, into {target.parent} (or point "
-            "--data / EMNIST_DATA at the folder that holds them).") from exc
+            f"and put it, or the emnist-{split}-* files from its gzip/ folder, into {target.parent} (or point "
+            "--data / EMNIST_DATA at the folder that holds them)."
+        ) from exc
     os.replace(partial, target)
 
 
-def download_split(root: Path, split: str = DEFAULT_SPLIT, url: str = EMNIST_URL, md5: str = EMNIST_MD5,
-                   timeout: float = 30.0, progress: bool = True) -> list[Path]:
+def download_split(
+    root: Path,
+    split: str = DEFAULT_SPLIT,
+    url: str = EMNIST_URL,
+    md5: str = EMNIST_MD5,
+    timeout: float = 30.0,
+    progress: bool = True,
+) -> list[Path]:
     """Fetch the official EMNIST archive (md5-checked) and extract only `split`'s files into `root`.
 
     An archive already at `root/gzip.zip` is used instead of downloading; it is kept, so that another split
@@ -297,23 +326,24 @@ def download_split(root: Path, split: str = DEFAULT_SPLIT, url: str = EMNIST_URL
     archive they came from was verified.
     """
     if split not in OFFICIAL_SPLITS:
-        raise DataError(f"split '{split}' is not an official EMNIST split and cannot be downloaded; "
-                        f"official splits: {', '.join(OFFICIAL_SPLITS)}.")
+        raise DataError(
+            f"split '{split}' is not an official EMNIST split and cannot be downloaded; "
+            f"official splits: {', '.join(OFFICIAL_SPLITS)}."
+        )
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create the data folder {root} ({exc.strerror or exc}).") from exc
     archive = root / "gzip.zip"
     if not archive.is_file():
-        _download(url, archive, timeout, progress)
-    digest = hashlib.md5()
-    with open(archive, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    if digest.hexdigest() != md5:
+        _download(url, archive, split, timeout, progress)
+    actual = file_digest(archive, "md5")
+    if actual != md5:
         archive.unlink()
-        raise DataError(f"{archive}: md5 {digest.hexdigest()} does not match the official {md5}; the download "
-                        "was damaged and has been deleted. Run again to download it anew.")
+        raise DataError(
+            f"{archive}: md5 {actual} does not match the official {md5}; the download "
+            "was damaged and has been deleted. Run again to download it anew."
+        )
     extracted = []
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -332,8 +362,11 @@ def download_split(root: Path, split: str = DEFAULT_SPLIT, url: str = EMNIST_URL
         raise DataError(f"{archive}: holds no emnist-{split}-* files; is it the EMNIST gzip.zip?")
     sums = _read_sha256sums(root)
     sums.update({p.name: sha256_file(p) for p in extracted})
-    with atomic_path(root / "SHA256SUMS") as tmp:
-        tmp.write_text("".join(f"{h}  {n}\n" for n, h in sorted(sums.items())))
+    try:
+        with atomic_path(root / "SHA256SUMS") as tmp:
+            tmp.write_text("".join(f"{h}  {n}\n" for n, h in sorted(sums.items())))
+    except OutputError as exc:
+        raise DataError(str(exc)) from exc
     return extracted
 
 
@@ -368,11 +401,13 @@ class EMNIST:
         return {"dataset": f"emnist-{self.split}", "split": self.split, "checksum": self.checksum}
 
     def describe(self) -> str:
-        return (f"EMNIST split '{self.split}' from {shown(self.root)}\n"
-                f"  train: {tuple(self.train_images.shape)} images, test: {tuple(self.test_images.shape)} images, "
-                f"{self.num_classes} classes\n"
-                f"  sha256 (decompressed data): {self.checksum}\n"
-                f"  verified by: {self.verified_by}")
+        return (
+            f"EMNIST split '{self.split}' from {shown(self.root)}\n"
+            f"  train: {tuple(self.train_images.shape)} images, test: {tuple(self.test_images.shape)} images, "
+            f"{self.num_classes} classes\n"
+            f"  sha256 (decompressed data): {self.checksum}\n"
+            f"  verified by: {self.verified_by}"
+        )
 
 
 def data_location(root: str | os.PathLike | None = None, split: str | None = None) -> tuple[Path, str]:
@@ -384,17 +419,23 @@ def data_location(root: str | os.PathLike | None = None, split: str | None = Non
         raise DataError("the data folder is empty text; give a folder with --data or EMNIST_DATA.")
     path = resolve(root_given)
     if path.exists() and not path.is_dir():
-        raise DataError(f"the data location {path} is a file, not a folder. Point --data / EMNIST_DATA at the "
-                        f"folder that holds the emnist-<split>-* files (here: {path.parent}?).")
+        raise DataError(
+            f"the data location {path} is a file, not a folder. Point --data / EMNIST_DATA at the "
+            f"folder that holds the emnist-<split>-* files (here: {path.parent}?)."
+        )
     if split is not None and not split.strip():
-        raise DataError("the split name is empty. Give one with --split / EMNIST_SPLIT, e.g. 'balanced'; "
-                        f"splits present in {path}: {', '.join(splits_present(path)) or 'none'}.")
+        raise DataError(
+            "the split name is empty. Give one with --split / EMNIST_SPLIT, e.g. 'balanced'; "
+            f"splits present in {path}: {', '.join(splits_present(path)) or 'none'}."
+        )
     split = split or os.environ.get("EMNIST_SPLIT") or None
     if split is None:
         present = splits_present(path) if path.is_dir() else []
         if len(present) > 1:
-            raise DataError(f"{path} holds several EMNIST splits ({', '.join(present)}); choose one with "
-                            "--split NAME or EMNIST_SPLIT.")
+            raise DataError(
+                f"{path} holds several EMNIST splits ({', '.join(present)}); choose one with "
+                "--split NAME or EMNIST_SPLIT."
+            )
         split = present[0] if present else DEFAULT_SPLIT
     if not split.replace("_", "").replace("-", "").isalnum():
         raise DataError(f"split name {split!r} is not valid; use e.g. 'balanced' or 'standin'.")
@@ -406,17 +447,30 @@ def _missing_message(root: Path, split: str, missing: list[str]) -> str:
         problem = f"data folder {root} does not exist"
     else:
         others = [s for s in splits_present(root) if s != split]
-        problem = (f"no {', '.join(file_name(split, *m.split('_')) for m in missing)} (.gz or plain) in {root}"
-                   + (f"; splits present there: {', '.join(others)}" if others else ""))
-    how = (f"{split} is downloaded automatically when this machine is online" if split in OFFICIAL_SPLITS
-           else f"'{split}' is not an official EMNIST split, so it cannot be downloaded")
-    return (f"EMNIST split '{split}': {problem}. Put the emnist-{split}-* files there, point --data / "
-            f"EMNIST_DATA at their folder, or choose a split that is present with --split / EMNIST_SPLIT "
-            f"({how}).")
+        problem = f"no {', '.join(file_name(split, *m.split('_')) for m in missing)} (.gz or plain) in {root}" + (
+            f"; splits present there: {', '.join(others)}" if others else ""
+        )
+    how = (
+        f"{split} is downloaded automatically when this machine is online"
+        if split in OFFICIAL_SPLITS
+        else f"'{split}' is not an official EMNIST split, so it cannot be downloaded"
+    )
+    return (
+        f"EMNIST split '{split}': {problem}. Put the emnist-{split}-* files there, point --data / "
+        f"EMNIST_DATA at their folder, or choose a split that is present with --split / EMNIST_SPLIT "
+        f"({how})."
+    )
 
 
-def load_emnist(root: str | os.PathLike | None = None, split: str | None = None, *, download: bool = True,
-                allow_unverified: bool | None = None, url: str = EMNIST_URL, md5: str = EMNIST_MD5) -> EMNIST:
+def load_emnist(
+    root: str | os.PathLike | None = None,
+    split: str | None = None,
+    *,
+    download: bool = True,
+    allow_unverified: bool | None = None,
+    url: str = EMNIST_URL,
+    md5: str = EMNIST_MD5,
+) -> EMNIST:
     """Load and verify one EMNIST split. See the module docstring for what is checked."""
     root, split = data_location(root, split)
     if allow_unverified is None:
@@ -444,22 +498,37 @@ def load_emnist(root: str | os.PathLike | None = None, split: str | None = None,
         images_path, labels_path = files[f"{part}_images"], files[f"{part}_labels"]
         images, labels = read_images(images_path), read_labels(labels_path)
         if len(images) != len(labels):
-            raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
-                            "labels; the pair does not belong together. Download both files again.")
+            raise DataError(
+                f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
+                "labels; the pair does not belong together. Download both files again."
+            )
         if len(labels) == 0:
             raise DataError(f"{labels_path}: holds no examples.")
         low, high = int(labels.min()), int(labels.max())
         if low < first_label or high >= first_label + len(classes):
-            raise DataError(f"{labels_path}: labels {low}-{high} do not fit the {len(classes)} classes of split "
-                            f"'{split}' (labels {first_label}-{first_label + len(classes) - 1}). Wrong split name "
-                            "or wrong files?")
+            raise DataError(
+                f"{labels_path}: labels {low}-{high} do not fit the {len(classes)} classes of split "
+                f"'{split}' (labels {first_label}-{first_label + len(classes) - 1}). Wrong split name "
+                "or wrong files?"
+            )
         expected = OFFICIAL_COUNTS.get(split, {}).get(part)
         if expected is not None and len(labels) != expected:
-            raise DataError(f"{labels_path}: {len(labels)} examples, official {split} {part} has {expected}. "
-                            "The data is partial; download it again.")
+            raise DataError(
+                f"{labels_path}: {len(labels)} examples, official {split} {part} has {expected}. "
+                "The data is partial; download it again."
+            )
         checksum.update(images.tobytes())
         checksum.update(labels.tobytes())
         arrays[part] = (torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64) - first_label))
-    return EMNIST(split=split, root=root, train_images=arrays["train"][0], train_labels=arrays["train"][1],
-                  test_images=arrays["test"][0], test_labels=arrays["test"][1], classes=list(classes),
-                  checksum=checksum.hexdigest(), verified_by=verified_by, files=files)
+    return EMNIST(
+        split=split,
+        root=root,
+        train_images=arrays["train"][0],
+        train_labels=arrays["train"][1],
+        test_images=arrays["test"][0],
+        test_labels=arrays["test"][1],
+        classes=list(classes),
+        checksum=checksum.hexdigest(),
+        verified_by=verified_by,
+        files=files,
+    )

@@ -1,8 +1,9 @@
 """Inference and the numbers a report needs: logits (with test-time shifts), accuracy and balanced accuracy,
 confusion, confusable pairs, and the post-hoc correction of a training prior that differs from the test's."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,9 +23,28 @@ TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 ADJUSTMENT_STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 # Pairs and triples EMNIST's writers cannot tell apart either (the report's and the literature's list).
-CONFUSABLE_GROUPS = [("0", "O"), ("1", "I", "l"), ("2", "Z"), ("5", "S"), ("9", "g", "q"), ("F", "f"),
-                     ("C", "c"), ("K", "k"), ("M", "m"), ("P", "p"), ("U", "u"), ("V", "v"), ("W", "w"),
-                     ("X", "x"), ("Y", "y"), ("J", "j"), ("L", "l"), ("O", "o"), ("S", "s"), ("Z", "z")]
+CONFUSABLE_GROUPS = [
+    ("0", "O"),
+    ("1", "I", "l"),
+    ("2", "Z"),
+    ("5", "S"),
+    ("9", "g", "q"),
+    ("F", "f"),
+    ("C", "c"),
+    ("K", "k"),
+    ("M", "m"),
+    ("P", "p"),
+    ("U", "u"),
+    ("V", "v"),
+    ("W", "w"),
+    ("X", "x"),
+    ("Y", "y"),
+    ("J", "j"),
+    ("L", "l"),
+    ("O", "o"),
+    ("S", "s"),
+    ("Z", "z"),
+]
 
 
 def _is_channels_last(model: nn.Module) -> bool:
@@ -32,9 +52,17 @@ def _is_channels_last(model: nn.Module) -> bool:
     return bool(kernels) and all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
 
 
-def predict_logits(model: nn.Module, images: torch.Tensor, mean: float, std: float, *,
-                   device: torch.device | str | None = None, batch_size: int = EVAL_BATCH_SIZE,
-                   channels_last: bool | None = None, shifts: Sequence[tuple[int, int]] = ((0, 0),)) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    mean: float,
+    std: float,
+    *,
+    device: torch.device | str | None = None,
+    batch_size: int = EVAL_BATCH_SIZE,
+    channels_last: bool | None = None,
+    shifts: Sequence[tuple[int, int]] = ((0, 0),),
+) -> torch.Tensor:
     """Logits for uint8 images (N, 28, 28), in eval mode, on `device` (default: the model's). With several
     `shifts`, the mean log-probability over the shifted copies (test-time augmentation).
 
@@ -52,11 +80,13 @@ def predict_logits(model: nn.Module, images: torch.Tensor, mean: float, std: flo
     out = []
     with torch.inference_mode():  # not around the layout changes: parameters must stay normal tensors
         for start in range(0, len(images), batch_size):
-            x = normalise(images[start:start + batch_size].to(device), mean, std, channels_last=channels_last)
+            x = normalise(images[start : start + batch_size].to(device), mean, std, channels_last=channels_last)
             if len(shifts) == 1 and tuple(shifts[0]) == (0, 0):
                 out.append(model(x).float().cpu())
             else:
-                total = sum(model(shift_images(x, dx, dy)).float().log_softmax(1) for dx, dy in shifts)
+                total = sum(
+                    model(shift_images(x, dx, dy, background=-mean / std)).float().log_softmax(1) for dx, dy in shifts
+                )
                 out.append((total / len(shifts)).cpu())
     model.train(was_training)
     if restore_layout:
@@ -85,25 +115,36 @@ def balanced_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_class
     return 100.0 * float((hits[present] / support[present]).mean())
 
 
-def evaluate_split(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: float, std: float,
-                   **kwargs) -> dict[str, float]:
+def evaluate_split(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: float, std: float, **kwargs
+) -> dict[str, float]:
     """Mean cross-entropy, accuracy and balanced accuracy (%) of `model` on a whole split."""
     logits = predict_logits(model, images, mean, std, **kwargs)
     labels = labels.cpu()
     predictions = logits.argmax(1)
-    return {"loss": float(nn.functional.cross_entropy(logits, labels)), "accuracy": accuracy(predictions, labels),
-            "balanced_accuracy": balanced_accuracy(predictions, labels, logits.shape[1])}
+    return {
+        "loss": float(nn.functional.cross_entropy(logits, labels)),
+        "accuracy": accuracy(predictions, labels),
+        "balanced_accuracy": balanced_accuracy(predictions, labels, logits.shape[1]),
+    }
 
 
 def logit_adjustment(prior: torch.Tensor, strength: float) -> torch.Tensor:
     """What to add to the logits to undo `strength` of a training prior (Menon et al., 2021): minus strength x
     log prior, centred. For a uniform prior it is zero, so it changes nothing on balanced training data."""
     log_prior = prior.to(torch.float64).clamp(min=1e-12).log()
+    log_prior = log_prior - log_prior[0]  # exactly 0 for a uniform prior (a mean of equal values need not be)
     return (-strength * (log_prior - log_prior.mean())).to(torch.float32)
 
 
-def choose_adjustment(logits: torch.Tensor, labels: torch.Tensor, prior: torch.Tensor, *, balanced: bool = True,
-                      strengths: Sequence[float] = ADJUSTMENT_STRENGTHS) -> tuple[float, dict[float, float]]:
+def choose_adjustment(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    prior: torch.Tensor,
+    *,
+    balanced: bool = True,
+    strengths: Sequence[float] = ADJUSTMENT_STRENGTHS,
+) -> tuple[float, dict[float, float]]:
     """The adjustment strength with the best validation score (balanced accuracy when the test split is
     balanced, else plain accuracy); ties go to the weaker adjustment. Returns it and the score of each."""
     score = balanced_accuracy if balanced else (lambda p, y, k=None: accuracy(p, y))
@@ -121,8 +162,11 @@ def per_class_accuracy(predictions, labels, classes: list[str]) -> pd.DataFrame:
     cm = confusion_matrix(predictions, labels, len(classes))
     support = cm.sum(1)
     acc = np.divide(100.0 * np.diag(cm), support, out=np.full(len(classes), np.nan), where=support > 0)
-    return (pd.DataFrame({"class": classes, "accuracy": acc, "support": support})
-            .sort_values("accuracy", kind="stable").reset_index(drop=True))
+    return (
+        pd.DataFrame({"class": classes, "accuracy": acc, "support": support})
+        .sort_values("accuracy", kind="stable")
+        .reset_index(drop=True)
+    )
 
 
 def most_confused_pairs(predictions, labels, classes: list[str], top: int = 15) -> pd.DataFrame:
@@ -136,8 +180,14 @@ def most_confused_pairs(predictions, labels, classes: list[str], top: int = 15) 
         t, p = divmod(int(idx), len(classes))
         if cm[t, p] == 0:
             break
-        rows.append({"true": classes[t], "predicted": classes[p], "count": int(cm[t, p]),
-                     "share_of_true_class_%": round(100.0 * cm[t, p] / max(support[t], 1), 2)})
+        rows.append(
+            {
+                "true": classes[t],
+                "predicted": classes[p],
+                "count": int(cm[t, p]),
+                "share_of_true_class_%": round(100.0 * cm[t, p] / max(support[t], 1), 2),
+            }
+        )
     return pd.DataFrame(rows, columns=["true", "predicted", "count", "share_of_true_class_%"])
 
 
@@ -163,11 +213,13 @@ def merged_accuracy(predictions, labels, classes: list[str], groups=CONFUSABLE_G
 
 def report(predictions: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
     """Everything a report gives for one set of test predictions."""
-    return {"predictions": predictions,
-            "accuracy": accuracy(predictions, labels),
-            "balanced_accuracy": balanced_accuracy(predictions, labels, len(classes)),
-            "merged_accuracy": merged_accuracy(predictions, labels, classes),
-            "confusion": confusion_matrix(predictions, labels, len(classes)),
-            "per_class": per_class_accuracy(predictions, labels, classes),
-            "most_confused": most_confused_pairs(predictions, labels, classes)}
-
+    return {
+        "predictions": predictions,
+        "classes": list(classes),
+        "accuracy": accuracy(predictions, labels),
+        "balanced_accuracy": balanced_accuracy(predictions, labels, len(classes)),
+        "merged_accuracy": merged_accuracy(predictions, labels, classes),
+        "confusion": confusion_matrix(predictions, labels, len(classes)),
+        "per_class": per_class_accuracy(predictions, labels, classes),
+        "most_confused": most_confused_pairs(predictions, labels, classes),
+    }

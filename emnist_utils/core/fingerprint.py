@@ -9,6 +9,7 @@ it. The result maps each definition's qualified name to its hash, which lets a r
 
 It reads the package's source files, not the live objects, so the tests can fingerprint an edited copy.
 """
+
 from __future__ import annotations
 
 import ast
@@ -16,7 +17,7 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -33,8 +34,12 @@ def _strip_docstrings(node: ast.AST) -> ast.AST:
     for child in ast.walk(node):
         if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)):
             body = child.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(getattr(body[0], "value", None), ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 child.body = body[1:] or [ast.Pass()]
     return node
 
@@ -169,7 +174,7 @@ def changed(stored: dict[str, str], current: dict[str, str]) -> list[str]:
     return sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached(roots: tuple[tuple[str, str], ...], stop: frozenset[str]) -> tuple[tuple[str, str], ...]:
     return tuple(Fingerprinter().fingerprint(list(roots), stop).items())
 

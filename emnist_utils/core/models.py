@@ -3,6 +3,7 @@
 Layer names follow the report's printed models (conv1, batchnorm1, maxpool1, ...), so the torchsummary tables
 line up with the report's Table 1.4. The number of classes comes from the data.
 """
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ Everything resolves against the project root, so notebooks (run from `notebooks/
 tests agree whatever the working directory is. Every file the project writes goes through `atomic_path`, so a
 reader never sees half a file and two writers never share a temporary name.
 """
+
 from __future__ import annotations
 
 import errno
@@ -84,8 +85,10 @@ def ensure_writable(directory: Path, what: str, hint: str = "") -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise OutputError(f"cannot write the {what} at {directory}: {describe_os_error(exc)}"
-                          + (f". {hint}" if hint else ""), exc.errno) from exc
+        raise OutputError(
+            f"cannot write the {what} at {directory}: {describe_os_error(exc)}" + (f". {hint}" if hint else ""),
+            exc.errno,
+        ) from exc
     return directory
 
 
@@ -93,8 +96,17 @@ def require_free_space(directory: Path, needed_bytes: int, what: str) -> None:
     """Fail before training when the disk cannot hold what the run will write (checkpoints, weights)."""
     free = shutil.disk_usage(directory).free
     if free < needed_bytes:
-        raise OutputError(f"not enough free space for the {what} at {directory}: {free / 2**20:.0f} MiB free, "
-                          f"about {needed_bytes / 2**20:.0f} MiB needed", errno.ENOSPC)
+        raise OutputError(
+            f"not enough free space for the {what} at {directory}: {free / 2**20:.0f} MiB free, "
+            f"about {needed_bytes / 2**20:.0f} MiB needed",
+            errno.ENOSPC,
+        )
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -109,6 +121,7 @@ def atomic_path(path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
+        os.chmod(name, 0o666 & ~_umask())  # mkstemp makes files private; the result should be like any file
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {describe_os_error(exc)}", exc.errno) from exc
     tmp = Path(name)

@@ -1,9 +1,10 @@
 """Report-ready figures: every plotting function returns its figure; `save_figure` writes it under a stable
 name as PNG (200 dpi) and PDF into the folder it is given (the notebook context chooses it from its profile)."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -70,13 +71,22 @@ def plot_trial_curves(results, title: str = "", labels: Sequence[str] | None = N
     return fig
 
 
-def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], normalize: bool = True, title: str = "") -> plt.Figure:
+def plot_confusion_matrix(
+    cm: np.ndarray, classes: Sequence[str], normalize: bool = True, title: str = ""
+) -> plt.Figure:
     """47x47 heatmap with character labels; rows are true classes. Normalised rows show recall per class."""
     values = cm / np.maximum(cm.sum(1, keepdims=True), 1) * 100 if normalize else cm
     fig, ax = plt.subplots(figsize=(15, 13))
-    sns.heatmap(values, ax=ax, cmap="viridis", square=True, xticklabels=classes, yticklabels=classes,
-                vmax=np.percentile(values[~np.eye(len(classes), dtype=bool)], 99.5) if normalize else None,
-                cbar_kws={"label": "% of true class" if normalize else "count", "shrink": 0.7})
+    sns.heatmap(
+        values,
+        ax=ax,
+        cmap="viridis",
+        square=True,
+        xticklabels=classes,
+        yticklabels=classes,
+        vmax=np.percentile(values[~np.eye(len(classes), dtype=bool)], 99.5) if normalize else None,
+        cbar_kws={"label": "% of true class" if normalize else "count", "shrink": 0.7},
+    )
     ax.set(xlabel="predicted", ylabel="true", title=title or "Confusion matrix (colour capped to show errors)")
     ax.tick_params(axis="both", labelsize=9, rotation=0)
     fig.tight_layout()
@@ -99,8 +109,9 @@ def plot_class_distribution(train_labels, test_labels, classes: Sequence[str], t
     return fig
 
 
-def plot_image_grid(images, titles: Sequence[str], ncols: int = 12, title: str = "",
-                    title_colors: Sequence[str] | None = None) -> plt.Figure:
+def plot_image_grid(
+    images, titles: Sequence[str], ncols: int = 12, title: str = "", title_colors: Sequence[str] | None = None
+) -> plt.Figure:
     """Small grey-scale images (N, 28, 28) with a caption each."""
     images = torch.as_tensor(images)
     n = len(images)
@@ -168,9 +179,13 @@ def plot_misclassified(images, true, predicted, classes: Sequence[str], n: int =
     true, predicted = np.asarray(true), np.asarray(predicted)
     wrong = np.flatnonzero(true != predicted)[:n]
     titles = [f"{classes[true[i]]} → {classes[predicted[i]]}" for i in wrong]
-    return plot_image_grid(torch.as_tensor(images)[wrong], titles, ncols=12,
-                           title="Misclassified test images (true → predicted)",
-                           title_colors=["firebrick"] * len(wrong))
+    return plot_image_grid(
+        torch.as_tensor(images)[wrong],
+        titles,
+        ncols=12,
+        title="Misclassified test images (true → predicted)",
+        title_colors=["firebrick"] * len(wrong),
+    )
 
 
 def plot_per_class_accuracy(table, title: str = "") -> plt.Figure:
@@ -178,8 +193,7 @@ def plot_per_class_accuracy(table, title: str = "") -> plt.Figure:
     fig, ax = plt.subplots(figsize=(15, 4))
     ax.bar(range(len(table)), table["accuracy"], color=sns.color_palette("viridis", len(table)))
     ax.set_xticks(range(len(table)), table["class"])
-    ax.set(ylabel="accuracy (%)", xlabel="class (worst first)", ylim=(0, 100),
-           title=title or "Per-class test accuracy")
+    ax.set(ylabel="accuracy (%)", xlabel="class (worst first)", ylim=(0, 100), title=title or "Per-class test accuracy")
     fig.tight_layout()
     return fig
 
@@ -234,11 +248,18 @@ def plot_accuracy_vs_parameters(points, baselines=None, title: str = "", floor: 
         ax.scatter(part["parameters"], part["val_acc"], color=palette[group], label=group, s=40, alpha=0.85)
     dropped = points[points["val_acc"] < floor]
     if len(dropped):
-        ax.text(0.01, 0.01, "not shown (below {:.0f}%): ".format(floor) + "; ".join(
-            f"{r['group'].split(' (')[0]} {r['label']} {r['val_acc']:.1f}%" for _, r in dropped.iterrows()),
-            transform=ax.transAxes, fontsize=7, color="dimgrey")
-    ax.set(xlabel="trainable parameters (log scale)", ylabel="validation accuracy (%)",
-           title="CNNs: accuracy against size")
+        ax.text(
+            0.01,
+            0.01,
+            f"not shown (below {floor:.0f}%): "
+            + "; ".join(f"{r['group'].split(' (')[0]} {r['label']} {r['val_acc']:.1f}%" for _, r in dropped.iterrows()),
+            transform=ax.transAxes,
+            fontsize=7,
+            color="dimgrey",
+        )
+    ax.set(
+        xlabel="trainable parameters (log scale)", ylabel="validation accuracy (%)", title="CNNs: accuracy against size"
+    )
     if len(shown):  # an empty axis cannot be log-scaled and has nothing to label
         ax.set_xscale("log")
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
@@ -252,9 +273,92 @@ def plot_accuracy_vs_parameters(points, baselines=None, title: str = "", floor: 
         bars.text(v + 0.3, y, f"{v:.1f}", va="center", fontsize=7)
     bars.set_yticks(np.arange(len(values)), np.array(labels, dtype=object)[order], fontsize=7)
     low = 50 if len(values) and min(values) >= 55 else 0  # start the axis where the differences are
-    bars.set(xlabel="validation accuracy (%)", title="Best of each group and classic classifiers",
-             xlim=(low, 100))
+    bars.set(xlabel="validation accuracy (%)", title="Best of each group and classic classifiers", xlim=(low, 100))
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pareto(
+    points,
+    x: str = "cpu_minutes",
+    y: str = "val_balanced_acc",
+    label: str = "label",
+    chosen: str | None = None,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+) -> plt.Figure:
+    """Accuracy against cost, one labelled point per model, the Pareto front (no other point is both cheaper
+    and more accurate) as a line, and the chosen model circled. `points` is a DataFrame."""
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    data = points.sort_values(x)
+    front, best = [], -np.inf
+    for _, row in data.iterrows():
+        if row[y] > best:
+            front.append(row)
+            best = row[y]
+    ax.scatter(data[x], data[y], s=40, color="tab:blue", zorder=3)
+    if front:
+        ax.plot([r[x] for r in front], [r[y] for r in front], "--", color="tab:orange", label="Pareto front", zorder=2)
+    for _, row in data.iterrows():
+        ax.annotate(str(row[label]), (row[x], row[y]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        if chosen is not None and row[label] == chosen:
+            ax.scatter(
+                [row[x]],
+                [row[y]],
+                s=220,
+                facecolors="none",
+                edgecolors="firebrick",
+                linewidths=2,
+                label="chosen on validation",
+                zorder=4,
+            )
+    ax.set_xscale("log")
+    ax.set(xlabel=xlabel or x, ylabel=ylabel or y, title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_ladder(table, value: str = "val_balanced_acc_mean_%", title: str = "") -> plt.Figure:
+    """One horizontal bar per step of a ladder (one change at a time), labelled with its value and its gain over
+    the first step."""
+    n = len(table)
+    fig, ax = plt.subplots(figsize=(11, 0.5 * n + 1.4))
+    y = np.arange(n)[::-1]
+    values = table[value].to_numpy(dtype=float)
+    ax.barh(y, values, color=sns.color_palette("viridis", n))
+    for yi, v in zip(y, values):
+        ax.text(v + 0.05, yi, f"{v:.2f} ({v - values[0]:+.2f})", va="center", fontsize=8)
+    low = max(0.0, float(np.floor(values.min() - 2)))
+    ax.set_xlim(low, float(np.ceil(values.max() + 1.5)))
+    ax.set_yticks(y, list(table["step"]), fontsize=8)
+    ax.set_xlabel(value.replace("_", " ").replace(" %", " (%)"))
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_class_change(before, after, title: str = "") -> plt.Figure:
+    """Per-class accuracy before and after a change (tables from evaluation.per_class_accuracy), in class order,
+    with the classes that moved most labelled."""
+    b = before.set_index("class")["accuracy"]
+    a = after.set_index("class")["accuracy"].reindex(b.index)
+    order = sorted(b.index, key=lambda c: b[c])
+    x = np.arange(len(order))
+    fig, ax = plt.subplots(figsize=(15, 4.5))
+    ax.bar(x - 0.2, [b[c] for c in order], width=0.4, label="before")
+    ax.bar(x + 0.2, [a[c] for c in order], width=0.4, label="after")
+    ax.set_xticks(x, order)
+    ax.set(
+        ylabel="accuracy (%)",
+        xlabel="class (worst first before the change)",
+        ylim=(0, 100),
+        title=title or "Per-class test accuracy before and after",
+    )
+    ax.legend()
     fig.tight_layout()
     return fig

@@ -3,6 +3,7 @@
 Every architecture is listed here by name, explicitly; nothing registers itself by being imported. A model
 spec carries no class count: that comes from the data a model is trained on.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,17 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .fingerprint import code_fingerprint
 from .models import IMAGE_SIZE, Architecture1, Architecture2
-from .variants import (CompactNet, Depth1, Depth3, Depth4, GELUStack, LeakyReLUStack, LeanNet, NoBatchNormStack,
-                       SiLUStack)
+from .variants import (
+    CompactNet,
+    Depth1,
+    Depth3,
+    Depth4,
+    GELUStack,
+    LeakyReLUStack,
+    LeanNet,
+    NoBatchNormStack,
+    SiLUStack,
+)
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "arch1": Architecture1,
@@ -62,8 +72,9 @@ class ModelSpec:
             if not _is_int(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
             if value > 4096:
-                raise ConfigError(f"{name}={value} channels/units is far beyond what a 28x28 image can use; "
-                                  "use at most 4096")
+                raise ConfigError(
+                    f"{name}={value} channels/units is far beyond what a 28x28 image can use; use at most 4096"
+                )
         if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
 
@@ -73,7 +84,7 @@ class ModelSpec:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def with_(self, **changes) -> "ModelSpec":
+    def with_(self, **changes) -> ModelSpec:
         return replace(self, **changes)
 
 

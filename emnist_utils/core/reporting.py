@@ -1,4 +1,5 @@
 """Tables and JSON for a report, each stamped with the data and the profile its numbers came from."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ def stamp(provenance: dict, profile: str) -> str:
     return f"data: {provenance['dataset']} (sha256 {provenance['checksum'][:12]}), profile: {profile}"
 
 
-def write_table(df: pd.DataFrame, name: str, directory: Path, *, provenance: dict, profile: str,
-                caption: str = "") -> dict[str, Path]:
+def write_table(
+    df: pd.DataFrame, name: str, directory: Path, *, provenance: dict, profile: str, caption: str = ""
+) -> dict[str, Path]:
     """Write <directory>/<name>.csv (with dataset, checksum and profile columns), .md and .tex (captions name
     the data)."""
     directory = Path(directory)
@@ -30,8 +32,10 @@ def write_table(df: pd.DataFrame, name: str, directory: Path, *, provenance: dic
     note = stamp(provenance, profile)
     write_text_atomic(paths["csv"], stamped.to_csv(index=False))
     write_text_atomic(paths["md"], (f"{caption}\n\n" if caption else "") + markdown_table(df) + f"\n\n_{note}_\n")
-    write_text_atomic(paths["tex"], df.to_latex(index=False, float_format="%.4g",
-                                                caption=f"{caption} ({note})".strip(), label=f"tab:{name}"))
+    write_text_atomic(
+        paths["tex"],
+        df.to_latex(index=False, float_format="%.4g", caption=f"{caption} ({note})".strip(), label=f"tab:{name}"),
+    )
     return paths
 
 
@@ -42,6 +46,7 @@ def read_table(name: str, directory: Path) -> pd.DataFrame | None:
 
 def write_json(obj: dict, name: str, directory: Path, *, provenance: dict, profile: str) -> Path:
     path = Path(directory) / f"{name}.json"
-    write_text_atomic(path, json.dumps({**obj, "provenance": provenance, "profile": profile}, indent=2,
-                                       default=str) + "\n")
+    write_text_atomic(
+        path, json.dumps({**obj, "provenance": provenance, "profile": profile}, indent=2, default=str) + "\n"
+    )
     return path

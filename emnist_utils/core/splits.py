@@ -5,10 +5,11 @@ sliced from in-memory uint8 tensors and normalised per batch on the target devic
 no per-sample Python work. Shuffling is seeded by (seed, epoch): epoch k's order is the same whether or not
 the run was interrupted before it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -20,7 +21,9 @@ VALIDATION_FRACTION = 12_800 / 112_800
 SAMPLINGS = ("none", "sqrt", "balanced")
 
 
-def train_val_split(n: int, seed: int = 0, val_fraction: float = VALIDATION_FRACTION) -> tuple[torch.Tensor, torch.Tensor]:
+def train_val_split(
+    n: int, seed: int = 0, val_fraction: float = VALIDATION_FRACTION
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded random split keeping the report's proportion (exactly 100,000 / 12,800 on balanced)."""
     n_val = round(n * val_fraction)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -59,6 +62,8 @@ class Splits:
     provenance: dict
     seed: int = 0  # the seed of the train/validation split
     test_balanced: bool = True  # whether the data's whole test split has as many images of every class
+    train_limit: int | None = None  # the limits make_splits applied (None: all), recorded with every run
+    val_limit: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -80,8 +85,13 @@ class Splits:
         return self.test_balanced
 
 
-def make_splits(data: EMNIST, seed: int = 0, train_limit: int | None = None, val_limit: int | None = None,
-                test_limit: int | None = None) -> Splits:
+def make_splits(
+    data: EMNIST,
+    seed: int = 0,
+    train_limit: int | None = None,
+    val_limit: int | None = None,
+    test_limit: int | None = None,
+) -> Splits:
     """The report's train/validation split of `data`'s training images, optionally cut to the first
     `*_limit` examples after the seeded shuffle (small profiles), so subsets stay class-mixed. A test limit
     keeps the test split's class balance by taking the same number of each class where it can."""
@@ -90,11 +100,22 @@ def make_splits(data: EMNIST, seed: int = 0, train_limit: int | None = None, val
     test_idx = _balanced_subset(data.test_labels, test_limit, data.num_classes)
     train_images = data.train_images[train_idx]
     mean, std = normalisation_constants(train_images)
-    return Splits(train_images=train_images, train_labels=data.train_labels[train_idx],
-                  val_images=data.train_images[val_idx], val_labels=data.train_labels[val_idx],
-                  test_images=data.test_images[test_idx], test_labels=data.test_labels[test_idx],
-                  mean=mean, std=std, classes=data.classes, provenance=data.provenance(), seed=seed,
-                  test_balanced=is_balanced(data.test_labels, data.num_classes))
+    return Splits(
+        train_images=train_images,
+        train_labels=data.train_labels[train_idx],
+        val_images=data.train_images[val_idx],
+        val_labels=data.train_labels[val_idx],
+        test_images=data.test_images[test_idx],
+        test_labels=data.test_labels[test_idx],
+        mean=mean,
+        std=std,
+        classes=data.classes,
+        provenance=data.provenance(),
+        seed=seed,
+        test_balanced=is_balanced(data.test_labels, data.num_classes),
+        train_limit=len(train_idx) if train_limit is not None else None,
+        val_limit=len(val_idx) if val_limit is not None else None,
+    )
 
 
 def _balanced_subset(labels: torch.Tensor, limit: int | None, num_classes: int) -> torch.Tensor:
@@ -130,11 +151,24 @@ class Batches:
     weights (class-aware sampling); otherwise each epoch is a permutation.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: float, std: float,
-                 *, shuffle: bool = False, seed: int = 0, device: torch.device | str = "cpu",
-                 channels_last: bool = False, weights: torch.Tensor | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        mean: float,
+        std: float,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        channels_last: bool = False,
+        weights: torch.Tensor | None = None,
+    ):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if weights is not None and (len(weights) != len(labels) or not shuffle):
+            raise ValueError("sampling weights need one weight per example and shuffle=True")
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
@@ -165,7 +199,7 @@ class Batches:
             if order is None:
                 idx = slice(start, start + self.batch_size)
             else:
-                idx = order[start:start + self.batch_size]
+                idx = order[start : start + self.batch_size]
             yield self.normalise(self.images[idx]), self.labels[idx]
 
     __iter__ = epoch

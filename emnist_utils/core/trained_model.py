@@ -8,14 +8,15 @@ Loading refuses non-finite tensors, architecture code that changed since the fil
 changed), and, when asked, classes that differ from the data's. Every command and notebook that predicts goes
 through this object, so none recomputes the normalisation.
 """
+
 from __future__ import annotations
 
 import io
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -50,8 +51,9 @@ class TrainedModel:
     def __post_init__(self):
         self.tta_shifts = tuple(tuple(int(v) for v in s) for s in self.tta_shifts)
         if self.adjustment is not None and len(self.adjustment) != len(self.classes):
-            raise ModelFileError(f"the logit adjustment has {len(self.adjustment)} entries for "
-                                 f"{len(self.classes)} classes")
+            raise ModelFileError(
+                f"the logit adjustment has {len(self.adjustment)} entries for {len(self.classes)} classes"
+            )
         if not self.fingerprint:
             self.fingerprint = architecture_fingerprint(self.spec.arch)
 
@@ -59,25 +61,37 @@ class TrainedModel:
     def parameters(self) -> int:
         return count_parameters(self.model)
 
-    def with_prediction(self, *, adjustment=_KEEP, tta_shifts=_KEEP) -> "TrainedModel":
+    def with_prediction(self, *, adjustment=_KEEP, tta_shifts=_KEEP) -> TrainedModel:
         """The same weights (shared, not copied) with other prediction-time settings: `adjustment` a list of
         per-class logit offsets or None for none, `tta_shifts` a list of (dx, dy) shifts; omitted ones stay."""
         if adjustment is _KEEP:
             adjustment = self.adjustment
         if tta_shifts is _KEEP:
             tta_shifts = self.tta_shifts
-        return TrainedModel(self.model, self.spec, list(self.classes), self.mean, self.std, dict(self.provenance),
-                            dict(self.run), dict(self.fingerprint), dict(self.metrics),
-                            [float(v) for v in adjustment] if adjustment is not None else None, tuple(tta_shifts))
+        return TrainedModel(
+            self.model,
+            self.spec,
+            list(self.classes),
+            self.mean,
+            self.std,
+            dict(self.provenance),
+            dict(self.run),
+            dict(self.fingerprint),
+            dict(self.metrics),
+            [float(v) for v in adjustment] if adjustment is not None else None,
+            tuple(tta_shifts),
+        )
 
-    def logits(self, images: torch.Tensor, *, device: torch.device | str | None = None,
-               raw: bool = False) -> torch.Tensor:
+    def logits(
+        self, images: torch.Tensor, *, device: torch.device | str | None = None, raw: bool = False
+    ) -> torch.Tensor:
         """Scores for uint8 images (N, 28, 28) as EMNIST stores them upright, with this model's normalisation,
         test-time shifts and adjustment (`raw=True`: neither shifts nor adjustment)."""
         if device is not None:
             self.model.to(device)
-        out = predict_logits(self.model, images, self.mean, self.std, device=device,
-                             shifts=((0, 0),) if raw else self.tta_shifts)
+        out = predict_logits(
+            self.model, images, self.mean, self.std, device=device, shifts=((0, 0),) if raw else self.tta_shifts
+        )
         if self.adjustment is not None and not raw:
             out = out + torch.tensor(self.adjustment, dtype=out.dtype)
         return out
@@ -94,27 +108,36 @@ class TrainedModel:
             raise ModelFileError(
                 f"the model predicts {len(self.classes)} classes ({''.join(self.classes)[:60]}), {where} has "
                 f"{len(classes)} ({''.join(classes)[:60]}); use data of the split the model was trained on "
-                f"({self.provenance.get('dataset', '?')}).")
+                f"({self.provenance.get('dataset', '?')})."
+            )
 
     # --------------------------------------------------------------------------- the file
 
     def metadata(self) -> dict:
-        return {"format": FORMAT, "model": self.spec.as_dict(), "classes": list(self.classes),
-                "normalisation": {"mean": self.mean, "std": self.std}, "provenance": dict(self.provenance),
-                "run": self.run, "fingerprint": self.fingerprint, "metrics": self.metrics,
-                "prediction": {"adjustment": self.adjustment, "tta_shifts": [list(s) for s in self.tta_shifts]}}
+        return {
+            "format": FORMAT,
+            "model": self.spec.as_dict(),
+            "classes": list(self.classes),
+            "normalisation": {"mean": self.mean, "std": self.std},
+            "provenance": dict(self.provenance),
+            "run": self.run,
+            "fingerprint": self.fingerprint,
+            "metrics": self.metrics,
+            "prediction": {"adjustment": self.adjustment, "tta_shifts": [list(s) for s in self.tta_shifts]},
+        }
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         state = {k: v.detach().cpu().contiguous().clone() for k, v in self.model.state_dict().items()}
         buffer = io.BytesIO()
-        torch.save({"format": FORMAT, "metadata": json.dumps(self.metadata(), sort_keys=True),
-                    "state_dict": state}, buffer)
+        torch.save(
+            {"format": FORMAT, "metadata": json.dumps(self.metadata(), sort_keys=True), "state_dict": state}, buffer
+        )
         write_bytes_atomic(path, buffer.getvalue())
         return path
 
     @classmethod
-    def load(cls, path: str | Path, *, allow_code_change: bool = False) -> "TrainedModel":
+    def load(cls, path: str | Path, *, allow_code_change: bool = False) -> TrainedModel:
         """Read a trained-model file safely; see the module docstring for what is refused."""
         path = Path(path)
         if not path.is_file():
@@ -123,12 +146,16 @@ class TrainedModel:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelFileError(f"{path}: not a trained-model file this project can read safely ({first[:200]}). "
-                                 "Only files holding plain tensors are loaded; nothing in the file was run.") from exc
+            raise ModelFileError(
+                f"{path}: not a trained-model file this project can read safely ({first[:200]}). "
+                "Only files holding plain tensors are loaded; nothing in the file was run."
+            ) from exc
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-            raise ModelFileError(f"{path}: not an emnist-cnn trained-model file of format {FORMAT} (found "
-                                 f"{found!r}). Files of older versions must be trained again.")
+            raise ModelFileError(
+                f"{path}: not an emnist-cnn trained-model file of format {FORMAT} (found "
+                f"{found!r}). Files of older versions must be trained again."
+            )
         try:
             meta = json.loads(payload["metadata"])
             state = dict(payload["state_dict"])
@@ -137,8 +164,9 @@ class TrainedModel:
             mean, std = float(meta["normalisation"]["mean"]), float(meta["normalisation"]["std"])
             prediction = meta.get("prediction") or {}
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
-            raise ModelFileError(f"{path}: the description stored with the weights is missing or invalid "
-                                 f"({exc})") from exc
+            raise ModelFileError(
+                f"{path}: the description stored with the weights is missing or invalid ({exc})"
+            ) from exc
         if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
             raise ModelFileError(f"{path}: invalid input normalisation (mean {mean}, std {std})")
         _check_tensors(path, state)
@@ -152,18 +180,31 @@ class TrainedModel:
             raise ModelFileError(
                 f"{path}: the code of architecture {spec.arch!r} changed since these weights were saved "
                 f"({', '.join(differences)}), so they may no longer mean the same model. Retrain it, or load "
-                "anyway with --allow-code-change (allow_code_change=True) if you know the change is harmless.")
+                "anyway with --allow-code-change (allow_code_change=True) if you know the change is harmless."
+            )
         model = build_model(spec, len(classes))
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
-            raise ModelFileError(f"{path}: the weights do not fit architecture {spec.arch!r} with {spec.shape()} "
-                                 f"and {len(classes)} classes: {str(exc).splitlines()[0]}") from exc
+            raise ModelFileError(
+                f"{path}: the weights do not fit architecture {spec.arch!r} with {spec.shape()} "
+                f"and {len(classes)} classes: {str(exc).splitlines()[0]}"
+            ) from exc
         model.eval()
         try:
-            return cls(model, spec, classes, mean, std, dict(meta.get("provenance") or {}), dict(meta.get("run") or {}),
-                       stored or current, dict(meta.get("metrics") or {}), adjustment,
-                       tuple(tuple(s) for s in prediction.get("tta_shifts") or ((0, 0),)))
+            return cls(
+                model,
+                spec,
+                classes,
+                mean,
+                std,
+                dict(meta.get("provenance") or {}),
+                dict(meta.get("run") or {}),
+                stored or current,
+                dict(meta.get("metrics") or {}),
+                adjustment,
+                tuple(tuple(s) for s in prediction.get("tta_shifts") or ((0, 0),)),
+            )
         except (TypeError, ValueError) as exc:
             raise ModelFileError(f"{path}: invalid prediction settings ({exc})") from exc
 
@@ -176,7 +217,9 @@ def _check_tensors(path: Path, state: dict) -> None:
             raise ModelFileError(f"{path}: entry {name!r} of the weights is not a tensor")
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
-            raise ModelFileError(f"{path}: tensor {name!r} holds {bad} NaN or infinite value(s); the weights are "
-                                 "damaged (or training diverged). Retrain the model.")
+            raise ModelFileError(
+                f"{path}: tensor {name!r} holds {bad} NaN or infinite value(s); the weights are "
+                "damaged (or training diverged). Retrain the model."
+            )
         if name.endswith("running_var") and bool((value < 0).any()):
             raise ModelFileError(f"{path}: tensor {name!r} holds negative variances; the weights are damaged.")

@@ -5,6 +5,7 @@ label smoothing, class-aware sampling, loss weighting, weight averaging). `fit` 
 (atomically, plain tensors only) and resumes from the last complete epoch, ending with exactly the weights and
 history an uninterrupted run with the same seed would have produced.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,9 +15,9 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -115,14 +116,17 @@ class Recipe:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Recipe":
+    def from_dict(cls, d: dict) -> Recipe:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown recipe settings: {', '.join(unknown)}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise ConfigError(f"incomplete recipe ({exc})") from exc
 
-    def with_(self, **changes) -> "Recipe":
+    def with_(self, **changes) -> Recipe:
         return replace(self, **changes)
 
 
@@ -161,7 +165,7 @@ class History:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "History":
+    def from_dict(cls, d: dict) -> History:
         return cls(**{k: [float(x) for x in v] for k, v in d.items()})
 
 
@@ -171,14 +175,16 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, foreach=True)
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, foreach=True)
-    return torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay,
-                           foreach=True)
+    return torch.optim.SGD(
+        params, lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay, foreach=True
+    )
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):
     if recipe.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, epochs=recipe.epochs,
-                                                   steps_per_epoch=steps_per_epoch)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=recipe.lr, epochs=recipe.epochs, steps_per_epoch=steps_per_epoch
+        )
     return None
 
 
@@ -238,9 +244,19 @@ def recompute_batchnorm(model: nn.Module, batches) -> None:
     model.train(was_training)
 
 
-def train_one_epoch(model: nn.Module, batches: Batches, epoch: int, optimizer: torch.optim.Optimizer,
-                    loss_fn: nn.Module, *, scheduler=None, augment=None, precision: str = "fp32",
-                    ema=None, progress: bool = False) -> tuple[float, float]:
+def train_one_epoch(
+    model: nn.Module,
+    batches: Batches,
+    epoch: int,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    *,
+    scheduler=None,
+    augment=None,
+    precision: str = "fp32",
+    ema=None,
+    progress: bool = False,
+) -> tuple[float, float]:
     """One pass over the training batches; returns the mean loss and the accuracy (%) on them."""
     model.train()
     device = batches.device
@@ -304,9 +320,19 @@ class Fitted:
     model: nn.Module
 
 
-def fit(model: nn.Module, splits: Splits, recipe: Recipe, *, seed: int = 0, device: torch.device | str | None = None,
-        checkpoint: Path | None = None, run_key: str = "", callbacks: Sequence[EpochCallback] = (),
-        progress: bool = True, desc: str | None = None) -> Fitted:
+def fit(
+    model: nn.Module,
+    splits: Splits,
+    recipe: Recipe,
+    *,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    checkpoint: Path | None = None,
+    run_key: str = "",
+    callbacks: Sequence[EpochCallback] = (),
+    progress: bool = True,
+    desc: str | None = None,
+) -> Fitted:
     """Train `model` in place as `recipe` says; with `checkpoint`, save state after every epoch and resume
     from it when called again with the same `run_key`. Callbacks run after the checkpoint is written, so an
     exception there loses nothing."""
@@ -316,8 +342,18 @@ def fit(model: nn.Module, splits: Splits, recipe: Recipe, *, seed: int = 0, devi
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     mean, std = input_normalisation(recipe, splits)
     weights = sampling_weights(splits.train_labels, splits.num_classes, recipe.sampling)
-    train = Batches(splits.train_images, splits.train_labels, recipe.batch_size, mean, std, shuffle=True,
-                    seed=seed, device=device, channels_last=channels_last, weights=weights)
+    train = Batches(
+        splits.train_images,
+        splits.train_labels,
+        recipe.batch_size,
+        mean,
+        std,
+        shuffle=True,
+        seed=seed,
+        device=device,
+        channels_last=channels_last,
+        weights=weights,
+    )
     optimizer = make_optimizer(model, recipe)
     scheduler = make_scheduler(optimizer, recipe, len(train))
     loss_fn = make_loss(recipe, splits.train_labels, splits.num_classes, device)
@@ -338,36 +374,75 @@ def fit(model: nn.Module, splits: Splits, recipe: Recipe, *, seed: int = 0, devi
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         history, start_epoch = History.from_dict(state["history"]), state["epoch"]
 
-    bar = tqdm(range(start_epoch, recipe.epochs), initial=start_epoch, total=recipe.epochs, desc=desc,
-               unit="epoch", disable=not progress)
+    bar = tqdm(
+        range(start_epoch, recipe.epochs),
+        initial=start_epoch,
+        total=recipe.epochs,
+        desc=desc,
+        unit="epoch",
+        disable=not progress,
+    )
     for epoch in bar:
         started = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(model, train, epoch, optimizer, loss_fn, scheduler=scheduler,
-                                                augment=augment, precision=recipe.precision, ema=ema,
-                                                progress=progress)
+        train_loss, train_acc = train_one_epoch(
+            model,
+            train,
+            epoch,
+            optimizer,
+            loss_fn,
+            scheduler=scheduler,
+            augment=augment,
+            precision=recipe.precision,
+            ema=ema,
+            progress=progress,
+        )
         if not math.isfinite(train_loss):
-            raise FloatingPointError(f"{desc or 'training'}: the training loss became {train_loss} in epoch "
-                                     f"{epoch + 1}; lower the learning rate (lr={recipe.lr}).")
-        val = evaluate_split(model, splits.val_images, splits.val_labels, mean, std, device=device,
-                             channels_last=channels_last)
-        history.append(train_loss=train_loss, train_acc=train_acc, val_loss=val["loss"], val_acc=val["accuracy"],
-                       val_balanced_acc=val["balanced_accuracy"], seconds=time.perf_counter() - started)
+            raise FloatingPointError(
+                f"{desc or 'training'}: the training loss became {train_loss} in epoch "
+                f"{epoch + 1}; lower the learning rate (lr={recipe.lr})."
+            )
+        val = evaluate_split(
+            model, splits.val_images, splits.val_labels, mean, std, device=device, channels_last=channels_last
+        )
+        history.append(
+            train_loss=train_loss,
+            train_acc=train_acc,
+            val_loss=val["loss"],
+            val_acc=val["accuracy"],
+            val_balanced_acc=val["balanced_accuracy"],
+            seconds=time.perf_counter() - started,
+        )
         bar.set_postfix(val_acc=f"{val['accuracy']:.2f}")
         if checkpoint is not None:
-            save_checkpoint(checkpoint, {
-                "key": run_key, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "ema": ema.state_dict() if ema is not None else None, "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "history": history.to_dict()})
+            save_checkpoint(
+                checkpoint,
+                {
+                    "key": run_key,
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                    "history": history.to_dict(),
+                },
+            )
         for callback in callbacks:
             callback(epoch + 1, history)
     bar.close()
     final = model
     if ema is not None:
         final = ema.module
-        subset = Batches(splits.train_images[:BN_RECOMPUTE_IMAGES], splits.train_labels[:BN_RECOMPUTE_IMAGES],
-                         512, mean, std, device=device, channels_last=channels_last)
+        subset = Batches(
+            splits.train_images[:BN_RECOMPUTE_IMAGES],
+            splits.train_labels[:BN_RECOMPUTE_IMAGES],
+            512,
+            mean,
+            std,
+            device=device,
+            channels_last=channels_last,
+        )
         recompute_batchnorm(final, subset)
     for m in {id(model): model, id(final): final}.values():
         m.to(memory_format=torch.contiguous_format)

@@ -10,6 +10,7 @@ keys, trained-model files and every command work for them unchanged; each class 
 - `LeanNet`: the compact idea with the cost moved off the full-resolution maps, so a 2-core CPU can train it
   (notebook 05's accuracy per CPU-second).
 """
+
 from __future__ import annotations
 
 import torch
@@ -47,9 +48,13 @@ class ConvStack(nn.Module):
             layers += [ACTIVATIONS[self.activation](), nn.MaxPool2d(2, 2)]
             channels, size = out, size // 2
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, hidden),
-                                        ACTIVATIONS[self.activation](), nn.Dropout(dropout),
-                                        nn.Linear(hidden, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(channels * size * size, hidden),
+            ACTIVATIONS[self.activation](),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -57,16 +62,19 @@ class ConvStack(nn.Module):
 
 class Depth1(ConvStack):
     """One conv block (3x3, c1 channels): the FC layer sees 14x14 maps."""
+
     blocks = 1
 
 
 class Depth3(ConvStack):
     """Three conv blocks: the FC layer sees 3x3 maps."""
+
     blocks = 3
 
 
 class Depth4(ConvStack):
     """Four conv blocks: the FC layer sees 1x1 maps (the most a 28x28 image allows with 2x2 pooling)."""
+
     blocks = 4
 
 
@@ -84,6 +92,7 @@ class SiLUStack(ConvStack):
 
 class NoBatchNormStack(ConvStack):
     """Architecture 2 without its BatchNorm layers."""
+
     batchnorm = False
 
 
@@ -91,22 +100,23 @@ def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
-class CompactNet(nn.Module):
-    """Three stages of two 3x3 conv + BatchNorm + ReLU (widths c1, c2, hidden) with 2x2 max-pooling after
-    the first two, global average pooling, dropout and one linear layer.
+class StagedNet(nn.Module):
+    """Three stages of 3x3 conv + BatchNorm + ReLU (widths c1, c2, hidden; `convs_per_stage` convolutions each),
+    2x2 max-pooling after the first two stages, global average pooling, dropout and one linear layer.
+    `hidden` is the width of the last stage here, not a fully connected size."""
 
-    Why: the report's model spends 94% of its 976k parameters on one fully connected layer over 7x7 maps;
-    spending them on convolutions (more depth, small kernels) and pooling globally gives a network that
-    generalises better with fewer parameters. `hidden` is the width of the last stage here, not an FC size.
-    """
+    convs_per_stage = (2, 2, 2)
 
-    def __init__(self, num_classes: int, c1: int = 48, c2: int = 96, hidden: int = 192, dropout: float = 0.3):
+    def __init__(self, num_classes: int, c1: int, c2: int, hidden: int, dropout: float):
         super().__init__()
-        self.features = nn.Sequential(
-            *conv_bn_relu(1, c1), *conv_bn_relu(c1, c1), nn.MaxPool2d(2),
-            *conv_bn_relu(c1, c2), *conv_bn_relu(c2, c2), nn.MaxPool2d(2),
-            *conv_bn_relu(c2, hidden), *conv_bn_relu(hidden, hidden),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        layers, channels = [], 1
+        for stage, (width, convs) in enumerate(zip((c1, c2, hidden), self.convs_per_stage)):
+            for _ in range(convs):
+                layers += conv_bn_relu(channels, width)
+                channels = width
+            if stage < 2:
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden, num_classes)
 
@@ -114,9 +124,22 @@ class CompactNet(nn.Module):
         return self.fc(self.dropout(self.features(x)))
 
 
-class LeanNet(nn.Module):
-    """CompactNet with one conv instead of two at full resolution: conv(c1) at 28x28, pool, two convs (c2) at
-    14x14, pool, two convs (hidden) at 7x7, global average pooling, dropout, one linear layer.
+class CompactNet(StagedNet):
+    """Two convolutions in each of the three stages (six in all).
+
+    Why: the report's model spends 94% of its 976k parameters on one fully connected layer over 7x7 maps;
+    spending them on convolutions (more depth, small kernels) and pooling globally gives a network that
+    generalises better with fewer parameters.
+    """
+
+    convs_per_stage = (2, 2, 2)
+
+    def __init__(self, num_classes: int, c1: int = 48, c2: int = 96, hidden: int = 192, dropout: float = 0.3):
+        super().__init__(num_classes, c1, c2, hidden, dropout)
+
+
+class LeanNet(StagedNet):
+    """CompactNet with one convolution instead of two at full resolution (five in all).
 
     Why: in CompactNet the second 28x28 convolution alone is about a third of the multiply-adds, and on a
     CPU the cost follows the multiply-adds of plain 3x3 convolutions closely (depthwise convolutions, fewer
@@ -124,15 +147,7 @@ class LeanNet(nn.Module):
     small and cheap.
     """
 
-    def __init__(self, num_classes: int, c1: int = 32, c2: int = 64, hidden: int = 128, dropout: float = 0.2):
-        super().__init__()
-        self.features = nn.Sequential(
-            *conv_bn_relu(1, c1), nn.MaxPool2d(2),
-            *conv_bn_relu(c1, c2), *conv_bn_relu(c2, c2), nn.MaxPool2d(2),
-            *conv_bn_relu(c2, hidden), *conv_bn_relu(hidden, hidden),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(hidden, num_classes)
+    convs_per_stage = (1, 2, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.features(x)))
+    def __init__(self, num_classes: int, c1: int = 32, c2: int = 64, hidden: int = 128, dropout: float = 0.2):
+        super().__init__(num_classes, c1, c2, hidden, dropout)

@@ -5,17 +5,18 @@ Every run here is a `RunSpec`, so `python -m emnist_utils studies --studies beyo
 cache entries the notebook loads. The weight average (EMA), the logit adjustment and the test-time shifts do not
 change how the raw model trains, so the rows for them read other numbers of the same run.
 """
+
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import pandas as pd
 import torch
 
 from ..core.evaluation import TTA_SHIFTS, accuracy, balanced_accuracy, logit_adjustment
-from ..core.registry import ModelSpec
+from ..core.registry import ModelSpec, build_model, count_parameters
 from ..core.trained_model import TrainedModel
 from .profiles import Profile
 from .spec import RunSpec
@@ -26,9 +27,18 @@ from .trials import REPORT_FINAL
 # The recipe of the lean models: AdamW with a OneCycle schedule, label smoothing, batch augmentation,
 # a weight average, and square-root class-aware sampling (the stand-in's training split is imbalanced while its
 # test split is balanced; on a balanced training split the sampling changes nothing).
-LEAN_RECIPE = REPORT_FINAL.recipe.with_(lr=3e-3, batch_size=256, epochs=30, optimizer="adamw", weight_decay=5e-4,
-                                       schedule="onecycle", label_smoothing=0.1, augment="affine+erasing",
-                                       ema_decay=0.999, sampling="sqrt")
+LEAN_RECIPE = REPORT_FINAL.recipe.with_(
+    lr=3e-3,
+    batch_size=256,
+    epochs=30,
+    optimizer="adamw",
+    weight_decay=5e-4,
+    schedule="onecycle",
+    label_smoothing=0.1,
+    augment="affine+erasing",
+    ema_decay=0.999,
+    sampling="sqrt",
+)
 MODERN_REPORT_RECIPE = LEAN_RECIPE.with_(epochs=20, augment="none", sampling="none")
 
 LEAN = ModelSpec("lean", 32, 64, 128, 0.2)
@@ -53,18 +63,42 @@ FINAL_SPEC = _run("lean-final", LEAN, LEAN_RECIPE)
 
 LADDER = (
     Step("report model, report recipe", REPORT_FINAL, "raw", SEEDS, "the report's Architecture 2 trial 1, 20 epochs"),
-    Step("+ AdamW, OneCycle to 3e-3, label smoothing 0.1, batch 256", _run(
-        "report-modern", REPORT_FINAL.model, MODERN_REPORT_RECIPE), "raw", (0,), "the training recipe"),
-    Step("lean CNN (32-64-128), same recipe, 30 epochs", _run(
-        "lean-plain", LEAN, LEAN_RECIPE.with_(augment="none", sampling="none")), "raw", (0,),
-        "architecture: 5 convs + global average pooling"),
-    Step("+ batch augmentation (affine + erasing)", _run(
-        "lean-augment", LEAN, LEAN_RECIPE.with_(sampling="none")), "raw", (0,), "random affine and erasing"),
-    Step("+ weight average (EMA, BatchNorm recomputed)", _run(
-        "lean-augment", LEAN, LEAN_RECIPE.with_(sampling="none")), "delivered", (0,), "same run, averaged weights"),
+    Step(
+        "+ AdamW, OneCycle to 3e-3, label smoothing 0.1, batch 256",
+        _run("report-modern", REPORT_FINAL.model, MODERN_REPORT_RECIPE),
+        "raw",
+        (0,),
+        "the training recipe",
+    ),
+    Step(
+        "lean CNN (32-64-128), same recipe, 30 epochs",
+        _run("lean-plain", LEAN, LEAN_RECIPE.with_(augment="none", sampling="none")),
+        "raw",
+        (0,),
+        "architecture: 5 convs + global average pooling",
+    ),
+    Step(
+        "+ batch augmentation (affine + erasing)",
+        _run("lean-augment", LEAN, LEAN_RECIPE.with_(sampling="none")),
+        "raw",
+        (0,),
+        "random affine and erasing",
+    ),
+    Step(
+        "+ weight average (EMA, BatchNorm recomputed)",
+        _run("lean-augment", LEAN, LEAN_RECIPE.with_(sampling="none")),
+        "delivered",
+        (0,),
+        "same run, averaged weights",
+    ),
     Step("+ square-root class-aware sampling", FINAL_SPEC, "delivered", SEEDS, "rare classes drawn more often"),
-    Step("+ logit adjustment (strength chosen on validation)", FINAL_SPEC, "adjusted", SEEDS,
-         "same runs, training prior partly removed at prediction"),
+    Step(
+        "+ logit adjustment (strength chosen on validation)",
+        FINAL_SPEC,
+        "adjusted",
+        SEEDS,
+        "same runs, training prior partly removed at prediction",
+    ),
     Step("+ test-time shifts (1 pixel, 5 views)", FINAL_SPEC, "tta", SEEDS, "same runs, averaged over shifted copies"),
 )
 
@@ -95,35 +129,91 @@ def specs(profile: Profile, chosen: Callable[[Sequence[RunSpec]], RunSpec | None
     return out
 
 
-def choose(results: Sequence[RunResult]) -> RunResult:
-    """The candidate with the best validation score after its logit adjustment (balanced accuracy when the test
-    split is balanced); ties go to the cheaper, earlier candidate. Never looks at the test split."""
+def choose(results: Sequence[RunResult]) -> int:
+    """Index of the candidate with the best validation score after its logit adjustment (balanced accuracy when
+    the test split is balanced); ties go to the earlier (cheaper) candidate. Never looks at the test split."""
+
     def score(r: RunResult) -> float:
         balanced = r.metrics.get("selection_metric") == "balanced"
         return r.metrics["val_balanced_acc_adjusted" if balanced else "val_acc_adjusted"]
-    best = max(range(len(results)), key=lambda i: (score(results[i]), -i))
-    return results[best]
+
+    return max(range(len(results)), key=lambda i: (score(results[i]), -i))
 
 
-def step_scores(step: Step, run: RunResult, tta: Callable[[RunResult], dict] | None = None) -> dict:
+def chooser(lookup: Callable[[RunSpec], RunResult | None]) -> Callable[[Sequence[RunSpec]], RunSpec | None]:
+    """`choose` over cached results: the chosen candidate's spec, or None while any candidate is untrained."""
+
+    def pick(candidates: Sequence[RunSpec]) -> RunSpec | None:
+        results = [lookup(c) for c in candidates]
+        if any(r is None for r in results):
+            return None
+        return candidates[choose(results)]
+
+    return pick
+
+
+def validation_scores(model: TrainedModel, splits) -> dict:
+    """Plain and balanced validation accuracy of a model with what it applies at prediction time."""
+    predictions = model.predict(splits.val_images)
+    return {
+        "val_acc": accuracy(predictions, splits.val_labels),
+        "val_balanced_acc": balanced_accuracy(predictions, splits.val_labels, len(model.classes)),
+    }
+
+
+def step_scores(step: Step, run: RunResult, splits) -> dict:
     """The validation numbers a ladder row shows for one run."""
     if step.reads == "raw":
         return {"val_acc": run.history.val_acc[-1], "val_balanced_acc": run.history.val_balanced_acc[-1]}
     if step.reads == "adjusted":
-        return {"val_acc": run.metrics["val_acc_adjusted"], "val_balanced_acc": run.metrics["val_balanced_acc_adjusted"]}
+        return {
+            "val_acc": run.metrics["val_acc_adjusted"],
+            "val_balanced_acc": run.metrics["val_balanced_acc_adjusted"],
+        }
     if step.reads == "tta":
-        return tta(run)
+        return validation_scores(with_chosen_prediction(run, splits, tta=True)[0], splits)
     return {"val_acc": run.metrics["val_acc"], "val_balanced_acc": run.metrics["val_balanced_acc"]}
 
 
-def tta_scores(model: TrainedModel, run: RunResult, images: torch.Tensor, labels: torch.Tensor,
-               prior: torch.Tensor) -> dict:
-    """Validation accuracy of a run's model with its chosen adjustment and test-time shifts."""
-    adjusted = model.with_prediction(adjustment=logit_adjustment(prior, run.metrics["adjustment_strength"]).tolist(),
-                                     tta_shifts=TTA_SHIFTS)
-    predictions = adjusted.predict(images)
-    return {"val_acc": accuracy(predictions, labels),
-            "val_balanced_acc": balanced_accuracy(predictions, labels, len(model.classes))}
+def describe_ladder(num_classes: int) -> pd.DataFrame:
+    """What each ladder step trains or reads (a checked notebook output, the same under every profile)."""
+    rows = []
+    for step in LADDER:
+        m, r = step.spec.model, step.spec.recipe
+        rows.append(
+            {
+                "step": step.label,
+                "run": step.spec.name,
+                "reads": step.reads,
+                "arch": m.arch,
+                "widths": f"{m.c1}/{m.c2}/{m.hidden}",
+                "epochs": r.epochs,
+                "batch": r.batch_size,
+                "lr": r.lr,
+                "optimizer": r.optimizer,
+                "augment": r.augment,
+                "sampling": r.sampling,
+                "ema": r.ema_decay,
+                "parameters": count_parameters(build_model(m, num_classes)),
+                "seeds (full)": len(step.seeds),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def run_ladder(
+    run_many: Callable[[Sequence[RunSpec]], list[RunResult]], splits, profile: Profile
+) -> tuple[pd.DataFrame, dict[str, list[RunResult]]]:
+    """Train (or load) every step's runs and tabulate the numbers each step reads."""
+    per_step = [[step.spec.with_(seed=s) for s in profile.seeds(step.seeds)] for step in LADDER]
+    flat = run_many([s for specs in per_step for s in specs])
+    rows, results, start = [], {}, 0
+    for step, specs in zip(LADDER, per_step):
+        runs = flat[start : start + len(specs)]
+        start += len(specs)
+        results[step.label] = runs
+        rows.append((step, [step_scores(step, r, splits) for r in runs], runs))
+    return ladder_table(rows), results
 
 
 def ladder_table(rows: Sequence[tuple[Step, list[dict], list[RunResult]]]) -> pd.DataFrame:
@@ -131,13 +221,140 @@ def ladder_table(rows: Sequence[tuple[Step, list[dict], list[RunResult]]]) -> pd
     out = []
     for step, scores, runs in rows:
         bal = [s["val_balanced_acc"] for s in scores]
-        out.append({"step": step.label, "change": step.change, "seeds": len(scores),
-                    "val_acc_mean_%": round(statistics.fmean(s["val_acc"] for s in scores), 2),
-                    "val_balanced_acc_mean_%": round(statistics.fmean(bal), 2),
-                    "val_balanced_acc_std": round(statistics.stdev(bal), 2) if len(bal) > 1 else float("nan"),
-                    "parameters": runs[0].parameters, "epochs": runs[0].history.epochs,
-                    "train_seconds_mean": round(statistics.fmean(r.train_seconds for r in runs), 1),
-                    "trained_on": ", ".join(sorted({r.device for r in runs}))})
+        out.append(
+            {
+                "step": step.label,
+                "change": step.change,
+                "seeds": len(scores),
+                "val_acc_mean_%": round(statistics.fmean(s["val_acc"] for s in scores), 2),
+                "val_balanced_acc_mean_%": round(statistics.fmean(bal), 2),
+                "val_balanced_acc_std": round(statistics.stdev(bal), 2) if len(bal) > 1 else float("nan"),
+                "parameters": runs[0].parameters,
+                "epochs": runs[0].history.epochs,
+                "train_seconds_mean": round(statistics.fmean(r.train_seconds for r in runs), 1),
+                "trained_on": ", ".join(sorted({r.device for r in runs})),
+            }
+        )
     table = pd.DataFrame(out)
     table["gain_vs_report_%"] = (table["val_balanced_acc_mean_%"] - table["val_balanced_acc_mean_%"].iloc[0]).round(2)
     return table
+
+
+# ----------------------------------------------------------------------------- prediction settings and test
+
+
+def with_chosen_prediction(run: RunResult, splits, tta: bool | None = None) -> tuple[TrainedModel, dict]:
+    """A run's model with what it should apply at prediction time, chosen on validation: the logit adjustment
+    whose strength the run's validation chose, and test-time shifts if they raise the validation score (or as
+    `tta` says). Returns the model and the validation scores behind the choice."""
+    model = run.trained_model
+    prior = splits.train_prior()
+    adjustment = logit_adjustment(prior, run.metrics["adjustment_strength"]).tolist()
+    balanced = splits.test_is_balanced
+    scores = {}
+    for name, shifts in (("adjusted", ((0, 0),)), ("adjusted_tta", TTA_SHIFTS)):
+        predictions = model.with_prediction(adjustment=adjustment, tta_shifts=shifts).predict(splits.val_images)
+        scores[name] = (
+            balanced_accuracy(predictions, splits.val_labels, len(model.classes))
+            if balanced
+            else accuracy(predictions, splits.val_labels)
+        )
+    use_tta = scores["adjusted_tta"] > scores["adjusted"] if tta is None else tta
+    chosen = model.with_prediction(adjustment=adjustment, tta_shifts=TTA_SHIFTS if use_tta else ((0, 0),))
+    return chosen, {**scores, "tta": use_tta, "adjustment_strength": run.metrics["adjustment_strength"]}
+
+
+def candidate_table(
+    results: Sequence[RunResult],
+    throughput: Sequence[tuple[float, float]],
+    multiply_adds: Sequence[int],
+    train_images: int,
+) -> pd.DataFrame:
+    """One row per candidate: size, multiply-adds, measured CPU training throughput and the training time it
+    implies for the run's epochs, validation scores, and what actually trained it (and how long it took)."""
+    rows = []
+    for r, (speed, spread), macs in zip(results, throughput, multiply_adds):
+        rows.append(
+            {
+                "label": r.spec.name,
+                "arch": r.spec.model.arch,
+                "widths": f"{r.spec.model.c1}/{r.spec.model.c2}/{r.spec.model.hidden}",
+                "parameters": r.parameters,
+                "mult_adds_M": round(macs / 1e6, 1),
+                "epochs": r.history.epochs,
+                "cpu_img_per_s": round(speed),
+                "cpu_img_per_s_std": round(spread),
+                "cpu_minutes": round(r.history.epochs * train_images / speed / 60, 1),
+                "val_acc_%": round(r.val_acc, 2),
+                "val_balanced_acc_%": round(r.val_balanced_acc, 2),
+                "val_balanced_acc_adjusted_%": round(r.metrics["val_balanced_acc_adjusted"], 2),
+                "trained_on": r.device,
+                "train_minutes_as_run": round(r.train_seconds / 60, 1),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def seeds_on_test(
+    label: str, models: Sequence[TrainedModel], runs: Sequence[RunResult], images: torch.Tensor, labels: torch.Tensor
+) -> tuple[dict, list[torch.Tensor]]:
+    """Test accuracy of each seed's model (with what it applies at prediction) and of their ensemble (mean of
+    the probabilities), computed once. Returns a summary row and each model's test probabilities."""
+    probabilities = [m.probabilities(images) for m in models]
+    num_classes = len(models[0].classes)
+    tests = [accuracy(p.argmax(1), labels) for p in probabilities]
+    balanced = [balanced_accuracy(p.argmax(1), labels, num_classes) for p in probabilities]
+    ensemble = torch.stack(probabilities).mean(0).argmax(1)
+    return (
+        {
+            "model": label,
+            "seeds": len(models),
+            "parameters_per_model": runs[0].parameters,
+            "test_acc_mean_%": round(statistics.fmean(tests), 2),
+            "test_acc_std": round(statistics.stdev(tests), 2) if len(tests) > 1 else float("nan"),
+            "test_acc_per_seed_%": " / ".join(f"{t:.2f}" for t in tests),
+            "test_balanced_acc_mean_%": round(statistics.fmean(balanced), 2),
+            "ensemble_test_acc_%": round(accuracy(ensemble, labels), 2),
+            "train_minutes_per_model": round(statistics.fmean(r.train_seconds for r in runs) / 60, 1),
+            "trained_on": ", ".join(sorted({r.device for r in runs})),
+        },
+        probabilities,
+    )
+
+
+def confused_pairs_change(before: dict, after: dict, top: int = 12) -> pd.DataFrame:
+    """The most-confused test pairs before a change (reports from evaluation.report), with the share of the true
+    class each takes before and after it."""
+    index = {c: i for i, c in enumerate(after["classes"])}
+    confusion = after["confusion"]
+    rows = []
+    for _, r in before["most_confused"].head(top).iterrows():
+        t, p = index[r["true"]], index[r["predicted"]]
+        rows.append(
+            {
+                "true": r["true"],
+                "read_as": r["predicted"],
+                "share_before_%": r["share_of_true_class_%"],
+                "share_after_%": round(100.0 * confusion[t, p] / max(confusion[t].sum(), 1), 2),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def summary(stamp: str, ladder: pd.DataFrame, candidates: pd.DataFrame, chosen: RunResult, test: pd.DataFrame) -> str:
+    """A few lines on notebook 05's run."""
+    first, last = ladder.iloc[0], ladder.iloc[-1]
+    ours, ref = test.iloc[-1], test.iloc[0]
+    return "\n".join(
+        [
+            stamp,
+            f"ladder (balanced validation): {first['val_balanced_acc_mean_%']:.2f}% for the report's model -> "
+            f"{last['val_balanced_acc_mean_%']:.2f}% for the last step ({last['gain_vs_report_%']:+.2f})",
+            f"chosen on validation: {chosen.spec.name}, {chosen.parameters:,} parameters, about "
+            f"{float(candidates.loc[candidates['label'] == chosen.spec.name, 'cpu_minutes'].iloc[0]):.0f} CPU minutes "
+            "to train here",
+            f"test, mean of {ours['seeds']} seeds: {ours['test_acc_mean_%']:.2f}% (std {ours['test_acc_std']}), "
+            f"ensemble {ours['ensemble_test_acc_%']:.2f}%; the report's model on the same data: "
+            f"{ref['test_acc_mean_%']:.2f}% ({ref['seeds']} seeds)",
+        ]
+    )

@@ -1,8 +1,9 @@
 """Which runs and baselines each notebook needs, from the same definitions the notebooks use, so that the
 main job can plan and train them all before executing a single notebook."""
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from . import beyond
 from .baselines import BASELINES

@@ -5,16 +5,18 @@ Calibration trains each distinct (model, batch, augmentation, precision, layout)
 inputs, after a warm-up, with the thread count the runs will use; results are kept per machine, torch version,
 device and thread count in `<cache>/calibration.json`, so a second plan is instant.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 import platform
+import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -45,13 +47,23 @@ def machine_description() -> str:
 
 def _cost_key(spec: RunSpec, device: torch.device, threads: int) -> str:
     r = spec.recipe
-    return json.dumps([spec.model.as_dict(), r.batch_size, r.augment, r.precision, r.channels_last,
-                       r.ema_decay > 0, str(device), threads])
+    return json.dumps(
+        [
+            spec.model.as_dict(),
+            r.batch_size,
+            r.augment,
+            r.precision,
+            r.channels_last,
+            r.ema_decay > 0,
+            str(device),
+            threads,
+        ]
+    )
 
 
-def measure_throughput(spec: RunSpec, num_classes: int, device: torch.device, steps: int = CALIBRATION_STEPS) -> float:
-    """Training images per second of `spec`'s model and recipe: forward, backward, optimiser step and batch
-    augmentation on one random batch, timed after two warm-up steps."""
+def training_step(spec: RunSpec, num_classes: int, device: torch.device) -> Callable[[], None]:
+    """One training step of `spec`'s model and recipe on a fixed random batch (forward, backward, optimiser step,
+    batch augmentation, weight average): what its training costs, whatever the pixel values."""
     torch.manual_seed(0)
     recipe = spec.recipe
     channels_last = recipe.channels_last and device.type == "cpu"
@@ -67,7 +79,7 @@ def measure_throughput(spec: RunSpec, num_classes: int, device: torch.device, st
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, num_classes, (recipe.batch_size,), device=device)
 
-    def step():
+    def step() -> None:
         inputs = augment(x) if augment is not None else x
         with autocast_context(device, recipe.precision):
             loss = loss_fn(model(inputs), y)
@@ -77,8 +89,11 @@ def measure_throughput(spec: RunSpec, num_classes: int, device: torch.device, st
         if ema is not None:
             ema.update_parameters(model)
 
-    for _ in range(2):
-        step()
+    return step
+
+
+def time_steps(step: Callable[[], None], batch_size: int, steps: int, device: torch.device) -> float:
+    """Images per second over `steps` calls of `step`."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     started = time.perf_counter()
@@ -86,7 +101,31 @@ def measure_throughput(spec: RunSpec, num_classes: int, device: torch.device, st
         step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return steps * recipe.batch_size / (time.perf_counter() - started)
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+def measure_throughput(spec: RunSpec, num_classes: int, device: torch.device, steps: int = CALIBRATION_STEPS) -> float:
+    """Training images per second of `spec`'s model and recipe, timed after two warm-up steps."""
+    step = training_step(spec, num_classes, device)
+    for _ in range(2):
+        step()
+    return time_steps(step, spec.recipe.batch_size, steps, device)
+
+
+def interleaved_throughput(
+    specs: Sequence[RunSpec], num_classes: int, device: torch.device, rounds: int = 3, steps: int = CALIBRATION_STEPS
+) -> list[tuple[float, float]]:
+    """(mean, std) training images per second of each spec, measured round-robin for `rounds` rounds, so that
+    a change in the machine's load hits every model alike and the ratios stay fair."""
+    stepper = [training_step(s, num_classes, device) for s in specs]
+    for step in stepper:
+        step()
+        step()
+    samples: list[list[float]] = [[] for _ in specs]
+    for _ in range(rounds):
+        for i, (spec, step) in enumerate(zip(specs, stepper)):
+            samples[i].append(time_steps(step, spec.recipe.batch_size, steps, device))
+    return [(statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for v in samples]
 
 
 @dataclass
@@ -115,8 +154,10 @@ class Calibration:
                 cost = _cost_key(spec, self.device, self.threads)
                 if cost not in machine:
                     if progress is not None:
-                        progress(f"calibrating {spec.model.arch} {spec.model.c1}/{spec.model.c2}/{spec.model.hidden}"
-                                 f" batch {spec.recipe.batch_size}")
+                        progress(
+                            f"calibrating {spec.model.arch} {spec.model.c1}/{spec.model.c2}/{spec.model.hidden}"
+                            f" batch {spec.recipe.batch_size}"
+                        )
                     machine[cost] = measure_throughput(spec, num_classes, self.device)
                     measured += 1
                 out[spec.key()] = machine[cost]
@@ -125,6 +166,32 @@ class Calibration:
         if measured:
             write_text_atomic(self.path, json.dumps(stored, indent=1))
         return out
+
+    def baseline(self, ident: list, measure: Callable[[], float]) -> float:
+        """A baseline's estimated seconds (`ident`: its name and sizes), measured once per machine."""
+        stored = self._load()
+        machine = stored.setdefault(machine_description(), {})
+        key = json.dumps(["baseline", *ident])
+        if key not in machine:
+            machine[key] = measure()
+            write_text_atomic(self.path, json.dumps(stored, indent=1))
+        return machine[key]
+
+    def interleaved(self, specs: Sequence[RunSpec], num_classes: int, rounds: int = 3) -> list[tuple[float, float]]:
+        """`interleaved_throughput` of `specs`, measured once per machine and kept, so that re-running a notebook
+        shows the same numbers (and leaves its committed outputs unchanged)."""
+        stored = self._load()
+        machine = stored.setdefault(machine_description(), {})
+        key = json.dumps(["interleaved", rounds, [_cost_key(s, self.device, self.threads) for s in specs]])
+        if key not in machine:
+            previous = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+            try:
+                machine[key] = interleaved_throughput(specs, num_classes, self.device, rounds=rounds)
+            finally:
+                torch.set_num_threads(previous)
+            write_text_atomic(self.path, json.dumps(stored, indent=1))
+        return [tuple(v) for v in machine[key]]
 
 
 def estimate_seconds(spec: RunSpec, images_per_second: float, train_images: int, val_images: int) -> float:

@@ -3,6 +3,7 @@
 The same code runs under every profile; a profile only shrinks the data, the epochs and the number of seeds.
 Only `full` writes the committed figures, tables and notebooks; the others write under `outputs/<profile>/`.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,12 +47,25 @@ class Profile:
 
 PROFILES = {
     "full": Profile("full", "everything as the study defines it: all data, every epoch, every seed"),
-    "quick": Profile("quick", "a laptop's half hour: 15,000 training images, a quarter of the epochs, one seed",
-                     train_limit=15_000, val_limit=4_000, epoch_fraction=0.25, max_seeds=1,
-                     baseline_train_limit=10_000),
-    "smoke": Profile("smoke", "CI: 3,000 training images, one epoch, one seed",
-                     train_limit=3_000, val_limit=1_000, test_limit=1_880, max_epochs=1, max_seeds=1,
-                     baseline_train_limit=2_000),
+    "quick": Profile(
+        "quick",
+        "a laptop's half hour: 15,000 training images, a quarter of the epochs, one seed",
+        train_limit=15_000,
+        val_limit=4_000,
+        epoch_fraction=0.25,
+        max_seeds=1,
+        baseline_train_limit=10_000,
+    ),
+    "smoke": Profile(
+        "smoke",
+        "CI: 3,000 training images, one epoch, one seed",
+        train_limit=3_000,
+        val_limit=1_000,
+        test_limit=1_880,
+        max_epochs=1,
+        max_seeds=1,
+        baseline_train_limit=2_000,
+    ),
 }
 
 
@@ -59,6 +73,7 @@ def get_profile(name: str | None = None) -> Profile:
     """The named profile, else EMNIST_PROFILE, else `full`."""
     name = name or os.environ.get("EMNIST_PROFILE") or "full"
     if name not in PROFILES:
-        raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)} (--profile or "
-                          "EMNIST_PROFILE)")
+        raise ConfigError(
+            f"unknown profile {name!r}; choose one of {', '.join(PROFILES)} (--profile or EMNIST_PROFILE)"
+        )
     return PROFILES[name]

@@ -7,6 +7,7 @@
 - `cpu`: a lean CNN recipe sized to train on a 2-core CPU (2 threads) in under 20 minutes.
 - `best`: notebook 05's final recipe (lean CNN, 30 epochs, augmentation, weight average, class-aware sampling).
 """
+
 from __future__ import annotations
 
 from .beyond import FINAL_SPEC
@@ -15,8 +16,10 @@ from .trials import REPORT_FINAL
 
 NAMED_RUNS: dict[str, RunSpec] = {
     "report": REPORT_FINAL,
-    "fast": REPORT_FINAL.with_(name="report-fast", recipe=REPORT_FINAL.recipe.with_(
-        lr=3e-3, batch_size=256, epochs=6, schedule="onecycle", label_smoothing=0.1)),
+    "fast": REPORT_FINAL.with_(
+        name="report-fast",
+        recipe=REPORT_FINAL.recipe.with_(lr=3e-3, batch_size=256, epochs=6, schedule="onecycle", label_smoothing=0.1),
+    ),
     "cpu": FINAL_SPEC.with_(name="lean-cpu", recipe=FINAL_SPEC.recipe.with_(epochs=15)),
     "best": FINAL_SPEC,
 }

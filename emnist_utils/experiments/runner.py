@@ -4,6 +4,7 @@ Independent runs go to `jobs` worker processes (each with its share of the CPU t
 the device). Workers train through the same store and its per-run locks, so the results are exactly those of
 running the runs one by one with the same thread count (tested), and two runners never train one run twice.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -12,10 +13,10 @@ import queue
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -70,7 +71,7 @@ class Progress:
     total: int
     estimates: dict[str, float] = field(default_factory=dict)  # run key -> estimated seconds
     jobs: int = 1
-    stream: object = sys.stderr
+    stream: object = field(default_factory=lambda: sys.stderr)
     done: int = 0
     started: float = field(default_factory=time.perf_counter)
     current: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # key -> (label, epoch, epochs)
@@ -87,8 +88,9 @@ class Progress:
         if not self.estimates:
             return None
         total = sum(self.estimates.values())
-        in_flight = sum(self.estimates.get(key, 0.0) * epoch / max(epochs, 1)
-                        for key, (_, epoch, epochs) in self.current.items())
+        in_flight = sum(
+            self.estimates.get(key, 0.0) * epoch / max(epochs, 1) for key, (_, epoch, epochs) in self.current.items()
+        )
         left = max(total - self.finished_estimate - in_flight, 0.0)
         done = total - left
         pace = (time.perf_counter() - self.started) / done if done > 0.05 * total else 1.0 / self.jobs
@@ -99,8 +101,11 @@ class Progress:
         running = "; ".join(f"{label} epoch {epoch}/{epochs}" for label, epoch, epochs in self.current.values())
         remaining = self.remaining()
         tail = f", about {format_duration(remaining)} left" if remaining is not None else ""
-        return (f"runs {self.done}/{self.total} done" + (f" | {running}" if running else "")
-                + f" | {format_duration(elapsed)} elapsed{tail}")
+        return (
+            f"runs {self.done}/{self.total} done"
+            + (f" | {running}" if running else "")
+            + f" | {format_duration(elapsed)} elapsed{tail}"
+        )
 
     def show(self, force: bool = False) -> None:
         now = time.perf_counter()
@@ -123,9 +128,12 @@ class Progress:
         self.finished_estimate += self.estimates.get(key, 0.0)
         if self.interactive:
             print("\r" + " " * 160 + "\r", end="", file=self.stream)
-        print(f"  trained {result.spec.label}: validation {result.val_acc:.2f}% (balanced "
-              f"{result.val_balanced_acc:.2f}%), {format_duration(result.train_seconds)} on {result.device}",
-              file=self.stream, flush=True)
+        print(
+            f"  trained {result.spec.label}: validation {result.val_acc:.2f}% (balanced "
+            f"{result.val_balanced_acc:.2f}%), {format_duration(result.train_seconds)} on {result.device}",
+            file=self.stream,
+            flush=True,
+        )
         self.show(force=True)
 
     def close(self) -> None:
@@ -155,8 +163,9 @@ def _init_worker(data_root: str, split: str, threads: int, store_root: str, mess
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers ...
     signal.signal(signal.SIGTERM, _exit_quietly)  # ... with SIGTERM, after which a worker exits cleanly
     torch.set_num_threads(threads)
-    _WORKER.update(data=load_emnist(data_root, split, download=False), store=Store(Path(store_root)),
-                   messages=messages, splits={})
+    _WORKER.update(
+        data=load_emnist(data_root, split, download=False), store=Store(Path(store_root)), messages=messages, splits={}
+    )
 
 
 def _train_in_worker(spec_dict: dict, device: str | None, retrain: bool) -> str:
@@ -177,8 +186,16 @@ def _train_in_worker(spec_dict: dict, device: str | None, retrain: bool) -> str:
 class Runner:
     """Runs specs through a store, `jobs` at a time."""
 
-    def __init__(self, store: Store, data, *, device: torch.device | str | None = None, jobs: int = 1,
-                 retrain: bool = False, progress: bool = True):
+    def __init__(
+        self,
+        store: Store,
+        data,
+        *,
+        device: torch.device | str | None = None,
+        jobs: int = 1,
+        retrain: bool = False,
+        progress: bool = True,
+    ):
         self.store, self.data = store, data
         self.device = torch.device(device) if device is not None else None
         self.jobs, self.retrain, self.progress = jobs, retrain, progress
@@ -216,8 +233,9 @@ class Runner:
             use = self.splits(spec)
             key = spec.key()
             callbacks = [lambda e, h, k=key, s=spec: display.epoch(k, s.label, e, s.recipe.epochs)] if display else []
-            result = self.store.run(spec, use, device=self.device, retrain=self.retrain,
-                                    progress=display is None, callbacks=callbacks)
+            result = self.store.run(
+                spec, use, device=self.device, retrain=self.retrain, progress=display is None, callbacks=callbacks
+            )
             results[key] = result
             if display is not None:
                 display.finished(key, result)
@@ -227,9 +245,12 @@ class Runner:
         manager = context.Manager()
         messages = manager.Queue()
         device = str(self.device) if self.device is not None else None
-        pool = ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_init_worker,
-                                   initargs=(str(self.data.root), self.data.split, threads_per_job(self.jobs),
-                                             str(self.store.root), messages))
+        pool = ProcessPoolExecutor(
+            self.jobs,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(str(self.data.root), self.data.split, threads_per_job(self.jobs), str(self.store.root), messages),
+        )
         try:
             pending = {pool.submit(_train_in_worker, s.as_dict(), device, self.retrain): s for s in todo}
             while pending:
@@ -239,6 +260,11 @@ class Runner:
                     spec = pending.pop(future)
                     future.result()  # a worker's exception is raised here
                     result = self.store.cached(spec)
+                    if result is None:
+                        raise RuntimeError(
+                            f"a worker trained {spec.label}, but under another key: the package's "
+                            "code changed while the runs were training. Run the command again."
+                        )
                     results[spec.key()] = result
                     if display is not None:
                         display.finished(spec.key(), result)

@@ -5,6 +5,7 @@ architecture's class and what it uses, the training loop, batching and normalisa
 rule and the evaluation stored with the run. Renaming a run, or editing a comment or docstring, keeps the key;
 any other change makes a new one, so a stale cached result is never served.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,9 +21,14 @@ from .profiles import Profile
 # Where training starts: every definition these reach is part of each run's key. The registry's table of all
 # architectures is left out; each run adds the fingerprint of its own architecture instead.
 TRAINING_ROOTS = [("emnist_utils.experiments.store", "train_run"), ("emnist_utils.core.splits", "make_splits")]
-TRAINING_STOP = frozenset({"emnist_utils.core.registry.ARCHITECTURES",  # each run adds its own architecture's
-                           "emnist_utils.core.registry.architecture_fingerprint",  # the fingerprinting itself
-                           "emnist_utils.core.fingerprint.code_fingerprint", "emnist_utils.core.fingerprint.combine"})
+TRAINING_STOP = frozenset(
+    {
+        "emnist_utils.core.registry.ARCHITECTURES",  # each run adds its own architecture's
+        "emnist_utils.core.registry.architecture_fingerprint",  # the fingerprinting itself
+        "emnist_utils.core.fingerprint.code_fingerprint",
+        "emnist_utils.core.fingerprint.combine",
+    }
+)
 
 
 def training_fingerprint() -> dict[str, str]:
@@ -55,38 +61,59 @@ class RunSpec:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
 
-    def with_(self, **changes) -> "RunSpec":
+    def with_(self, **changes) -> RunSpec:
         return replace(self, **changes)
 
-    def bind(self, splits: Splits, profile: Profile) -> "RunSpec":
-        """This run as `profile` runs it on `splits`: the profile's epochs and limits, the data's checksum."""
-        return replace(self, recipe=self.recipe.with_(epochs=profile.epochs(self.recipe.epochs)),
-                       split_seed=splits.seed, data=splits.provenance["checksum"],
-                       limits=Limits(train=len(splits.train_labels) if profile.train_limit else None,
-                                     validation=len(splits.val_labels) if profile.val_limit else None))
+    def bind(self, splits: Splits, profile: Profile) -> RunSpec:
+        """This run as `profile` runs it on `splits`: the profile's epochs; the splits' seed, limits and data."""
+        return replace(
+            self,
+            recipe=self.recipe.with_(epochs=profile.epochs(self.recipe.epochs)),
+            split_seed=splits.seed,
+            data=splits.provenance["checksum"],
+            limits=Limits(train=splits.train_limit, validation=splits.val_limit),
+        )
 
     def identity(self) -> dict:
         """Everything the key covers."""
         if not self.data:
             raise ConfigError(f"run {self.name or self.model.arch!r} is not bound to data yet (RunSpec.bind)")
-        return {"model": self.model.as_dict(), "recipe": self.recipe.as_dict(), "seed": self.seed,
-                "split_seed": self.split_seed, "limits": asdict(self.limits), "data": self.data,
-                "code": {"training": combine(training_fingerprint()),
-                         "architecture": combine(architecture_fingerprint(self.model.arch))}}
+        settings = self.as_dict()
+        del settings["name"]  # a label: renaming a run keeps its key
+        return {
+            **settings,
+            "code": {
+                "training": combine(training_fingerprint()),
+                "architecture": combine(architecture_fingerprint(self.model.arch)),
+            },
+        }
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:24]
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "model": self.model.as_dict(), "recipe": self.recipe.as_dict(),
-                "seed": self.seed, "split_seed": self.split_seed, "limits": asdict(self.limits), "data": self.data}
+        return {
+            "name": self.name,
+            "model": self.model.as_dict(),
+            "recipe": self.recipe.as_dict(),
+            "seed": self.seed,
+            "split_seed": self.split_seed,
+            "limits": asdict(self.limits),
+            "data": self.data,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunSpec":
+    def from_dict(cls, d: dict) -> RunSpec:
         try:
-            return cls(model=ModelSpec(**d["model"]), recipe=Recipe.from_dict(d["recipe"]), seed=d["seed"],
-                       name=d.get("name", ""), split_seed=d.get("split_seed", 0),
-                       limits=Limits(**d.get("limits", {})), data=d.get("data", ""))
+            return cls(
+                model=ModelSpec(**d["model"]),
+                recipe=Recipe.from_dict(d["recipe"]),
+                seed=d["seed"],
+                name=d.get("name", ""),
+                split_seed=d.get("split_seed", 0),
+                limits=Limits(**d.get("limits", {})),
+                data=d.get("data", ""),
+            )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"not a valid run spec ({exc})") from exc
 

@@ -6,6 +6,7 @@ releases the lock; a second process asking for the same run meanwhile waits, the
 carry a sha256 of their own payload, so a corrupt or partial entry is recomputed, never trusted. Everything is
 checked writable, with enough free space, before training starts.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -16,15 +17,16 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
+from ..core.data import sha256_file
 from ..core.evaluation import accuracy, balanced_accuracy, choose_adjustment, logit_adjustment, predict_logits
 from ..core.paths import cache_dir, ensure_writable, require_free_space, write_text_atomic
 from ..core.registry import build_model, count_parameters
@@ -56,23 +58,42 @@ def validation_metrics(logits: torch.Tensor, splits: Splits) -> dict:
     predictions = logits.argmax(1)
     strength, _ = choose_adjustment(logits, labels, splits.train_prior(), balanced=splits.test_is_balanced)
     adjusted = (logits + logit_adjustment(splits.train_prior(), strength)).argmax(1)
-    return {"val_loss": float(nn.functional.cross_entropy(logits, labels)),
-            "val_acc": accuracy(predictions, labels),
-            "val_balanced_acc": balanced_accuracy(predictions, labels, splits.num_classes),
-            "adjustment_strength": strength,
-            "val_acc_adjusted": accuracy(adjusted, labels),
-            "val_balanced_acc_adjusted": balanced_accuracy(adjusted, labels, splits.num_classes),
-            "selection_metric": "balanced" if splits.test_is_balanced else "plain"}
+    return {
+        "val_loss": float(nn.functional.cross_entropy(logits, labels)),
+        "val_acc": accuracy(predictions, labels),
+        "val_balanced_acc": balanced_accuracy(predictions, labels, splits.num_classes),
+        "adjustment_strength": strength,
+        "val_acc_adjusted": accuracy(adjusted, labels),
+        "val_balanced_acc_adjusted": balanced_accuracy(adjusted, labels, splits.num_classes),
+        "selection_metric": "balanced" if splits.test_is_balanced else "plain",
+    }
 
 
-def train_run(spec: RunSpec, splits: Splits, *, device: torch.device | str | None = None, checkpoint: Path | None = None,
-              progress: bool = True, callbacks: Sequence[EpochCallback] = ()) -> Trained:
+def train_run(
+    spec: RunSpec,
+    splits: Splits,
+    *,
+    device: torch.device | str | None = None,
+    checkpoint: Path | None = None,
+    progress: bool = True,
+    callbacks: Sequence[EpochCallback] = (),
+) -> Trained:
     """Train one run from scratch (or from its checkpoint) and measure the delivered model on validation."""
     device = torch.device(device) if device is not None else pick_device()
     seed_everything(spec.seed)
     model = build_model(spec.model, splits.num_classes)
-    fitted = fit(model, splits, spec.recipe, seed=spec.seed, device=device, checkpoint=checkpoint,
-                 run_key=spec.key(), callbacks=callbacks, progress=progress, desc=spec.label)
+    fitted = fit(
+        model,
+        splits,
+        spec.recipe,
+        seed=spec.seed,
+        device=device,
+        checkpoint=checkpoint,
+        run_key=spec.key(),
+        callbacks=callbacks,
+        progress=progress,
+        desc=spec.label,
+    )
     mean, std = input_normalisation(spec.recipe, splits)
     logits = predict_logits(fitted.model, splits.val_images, mean, std, device=device)
     return Trained(fitted.model.cpu(), fitted.history, validation_metrics(logits, splits))
@@ -115,9 +136,17 @@ class RunResult:
         return self._model
 
     def to_json(self) -> dict:
-        return {"spec": self.spec.as_dict(), "key": self.key, "history": self.history.to_dict(),
-                "metrics": self.metrics, "parameters": self.parameters, "train_seconds": self.train_seconds,
-                "device": self.device, "provenance": self.provenance, "environment": self.environment}
+        return {
+            "spec": self.spec.as_dict(),
+            "key": self.key,
+            "history": self.history.to_dict(),
+            "metrics": self.metrics,
+            "parameters": self.parameters,
+            "train_seconds": self.train_seconds,
+            "device": self.device,
+            "provenance": self.provenance,
+            "environment": self.environment,
+        }
 
 
 def device_name(device: torch.device) -> str:
@@ -179,8 +208,12 @@ class Store:
         self.trained_here = 0  # runs this object trained (the tests and the main job check it)
 
     def paths(self, key: str) -> dict[str, Path]:
-        return {"entry": self.root / "runs" / f"{key}.json", "model": self.root / "models" / f"{key}.pt",
-                "checkpoint": self.root / "checkpoints" / f"{key}.pt", "lock": self.root / "locks" / f"{key}.lock"}
+        return {
+            "entry": self.root / "runs" / f"{key}.json",
+            "model": self.root / "models" / f"{key}.pt",
+            "checkpoint": self.root / "checkpoints" / f"{key}.pt",
+            "lock": self.root / "locks" / f"{key}.lock",
+        }
 
     def cached(self, spec: RunSpec) -> RunResult | None:
         """The stored result of `spec`, if there is a complete one (entry and trained-model file)."""
@@ -192,11 +225,24 @@ class Store:
         if not paths["model"].is_file():
             warnings.warn(f"the trained model of cached run {spec.label} ({paths['model']}) is missing; retraining")
             return None
-        return RunResult(spec=spec, key=key, history=History.from_dict(payload["history"]),
-                         metrics=payload["metrics"], parameters=payload["parameters"],
-                         train_seconds=payload["train_seconds"], device=payload["device"],
-                         provenance=payload["provenance"], model_path=paths["model"],
-                         environment=payload.get("environment", {}))
+        if payload.get("model_sha256") and sha256_file(paths["model"]) != payload["model_sha256"]:
+            warnings.warn(
+                f"the trained model of cached run {spec.label} ({paths['model']}) is not the one its entry "
+                "recorded (damaged or replaced); retraining"
+            )
+            return None
+        return RunResult(
+            spec=spec,
+            key=key,
+            history=History.from_dict(payload["history"]),
+            metrics=payload["metrics"],
+            parameters=payload["parameters"],
+            train_seconds=payload["train_seconds"],
+            device=payload["device"],
+            provenance=payload["provenance"],
+            model_path=paths["model"],
+            environment=payload.get("environment", {}),
+        )
 
     def check_writable(self, spec: RunSpec | None = None, parameters: int = 0) -> None:
         """Fail before any training if the store cannot take the run's files."""
@@ -206,12 +252,22 @@ class Store:
         # checkpoint (weights, two optimiser moments, a weight average) + model file + margin
         require_free_space(self.root, 6 * 4 * parameters + 16 * 2**20, "results cache")
 
-    def run(self, spec: RunSpec, splits: Splits, *, device: torch.device | str | None = None, retrain: bool = False,
-            progress: bool = True, callbacks: Sequence[EpochCallback] = ()) -> RunResult:
+    def run(
+        self,
+        spec: RunSpec,
+        splits: Splits,
+        *,
+        device: torch.device | str | None = None,
+        retrain: bool = False,
+        progress: bool = True,
+        callbacks: Sequence[EpochCallback] = (),
+    ) -> RunResult:
         """The result of `spec` on `splits`: cached, or trained now (see the module docstring)."""
         if spec.data != splits.provenance["checksum"]:
-            raise ValueError(f"run {spec.label} is bound to data {spec.data[:12] or '(none)'}, not to the splits "
-                             f"given ({splits.provenance['checksum'][:12]})")
+            raise ValueError(
+                f"run {spec.label} is bound to data {spec.data[:12] or '(none)'}, not to the splits "
+                f"given ({splits.provenance['checksum'][:12]})"
+            )
         if not retrain:
             cached = self.cached(spec)
             if cached is not None:
@@ -228,18 +284,35 @@ class Store:
                 paths["checkpoint"].unlink(missing_ok=True)
             device = torch.device(device) if device is not None else pick_device()
             started = time.perf_counter()
-            trained = train_run(spec, splits, device=device, checkpoint=paths["checkpoint"], progress=progress,
-                                callbacks=callbacks)
+            trained = train_run(
+                spec, splits, device=device, checkpoint=paths["checkpoint"], progress=progress, callbacks=callbacks
+            )
             mean, std = input_normalisation(spec.recipe, splits)
-            model = TrainedModel(trained.model, spec.model, list(splits.classes), mean, std,
-                                 dict(splits.provenance), run={**spec.as_dict(), "key": key},
-                                 metrics={**trained.metrics, "parameters": parameters})
+            model = TrainedModel(
+                trained.model,
+                spec.model,
+                list(splits.classes),
+                mean,
+                std,
+                dict(splits.provenance),
+                run={**spec.as_dict(), "key": key},
+                metrics={**trained.metrics, "parameters": parameters},
+            )
             model.save(paths["model"])
-            result = RunResult(spec=spec, key=key, history=trained.history, metrics=trained.metrics,
-                               parameters=parameters, train_seconds=sum(trained.history.seconds),
-                               device=device_name(device), provenance=dict(splits.provenance),
-                               model_path=paths["model"], environment=environment(started), _model=model)
-            write_entry(paths["entry"], result.to_json())
+            result = RunResult(
+                spec=spec,
+                key=key,
+                history=trained.history,
+                metrics=trained.metrics,
+                parameters=parameters,
+                train_seconds=sum(trained.history.seconds),
+                device=device_name(device),
+                provenance=dict(splits.provenance),
+                model_path=paths["model"],
+                environment=environment(started),
+                _model=model,
+            )
+            write_entry(paths["entry"], {**result.to_json(), "model_sha256": sha256_file(paths["model"])})
             paths["checkpoint"].unlink(missing_ok=True)  # finished: the checkpoint is no longer needed
             self.trained_here += 1
             return result
@@ -247,8 +320,13 @@ class Store:
 
 def environment(started: float) -> dict:
     """Where and when a run was trained (recorded, never part of a key)."""
-    return {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads(), "wall_seconds": round(time.perf_counter() - started, 1),
-            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

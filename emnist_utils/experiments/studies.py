@@ -4,11 +4,12 @@ Notebook 06 (and notebook 05's ladder, in `beyond`) and `python -m emnist_utils 
 study trained in the background or on a GPU machine fills the very cache entries the notebooks then load.
 Every comparison is made on validation; test accuracy is computed only for final candidates, once.
 """
+
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import pandas as pd
 
@@ -33,8 +34,9 @@ class Variant:
     changes: str = ""  # what differs from the row above or the baseline, for the table
 
     def specs(self, profile: Profile) -> list[RunSpec]:
-        return [self.spec.with_(seed=s, name=f"{self.spec.name or self.label} seed {s}")
-                for s in profile.seeds(self.seeds)]
+        return [
+            self.spec.with_(seed=s, name=f"{self.spec.name or self.label} seed {s}") for s in profile.seeds(self.seeds)
+        ]
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Study:
     name: str  # results/<name>.csv
     title: str
     variants: tuple[Variant, ...] = field(default_factory=tuple)
+    baseline: int = 0  # the row gains and the noise screen are measured against
 
     def specs(self, profile: Profile) -> list[RunSpec]:
         return [s for v in self.variants for s in v.specs(profile)]
@@ -55,43 +58,74 @@ COMPARISON_BASE = REPORT_FINAL.with_(recipe=REPORT_FINAL.recipe.with_(epochs=10)
 
 
 def _on_arch(arch: str, label: str, **kwargs) -> Variant:
-    return Variant(label, COMPARISON_BASE.with_(model=COMPARISON_BASE.model.with_(arch=arch), name=f"{arch}-10ep"),
-                   **kwargs)
+    return Variant(
+        label, COMPARISON_BASE.with_(model=COMPARISON_BASE.model.with_(arch=arch), name=f"{arch}-10ep"), **kwargs
+    )
 
 
 BASELINE_VARIANT = Variant("Architecture 2 (2 conv blocks, ReLU, BatchNorm, Adam, standardised)", COMPARISON_BASE)
 
-DEPTH_STUDY = Study("depth_study", "CNN depth: 1 to 4 conv blocks, same budget", (
-    _on_arch("arch2-depth1", "1 conv block"),
-    Variant("2 conv blocks (Architecture 2)", COMPARISON_BASE),
-    _on_arch("arch2-depth3", "3 conv blocks"),
-    _on_arch("arch2-depth4", "4 conv blocks"),
-))
+DEPTH_STUDY = Study(
+    "depth_study",
+    "CNN depth: 1 to 4 conv blocks, same budget",
+    (
+        _on_arch("arch2-depth1", "1 conv block"),
+        Variant("2 conv blocks (Architecture 2)", COMPARISON_BASE),
+        _on_arch("arch2-depth3", "3 conv blocks"),
+        _on_arch("arch2-depth4", "4 conv blocks"),
+    ),
+    baseline=1,
+)
 
-ACTIVATION_STUDY = Study("activation_study", "Activation function in Architecture 2, same budget", (
-    Variant("ReLU (report)", COMPARISON_BASE),
-    _on_arch("arch2-leakyrelu", "LeakyReLU(0.1)"),
-    _on_arch("arch2-gelu", "GELU"),
-    _on_arch("arch2-silu", "SiLU"),
-))
+ACTIVATION_STUDY = Study(
+    "activation_study",
+    "Activation function in Architecture 2, same budget",
+    (
+        Variant("ReLU (report)", COMPARISON_BASE),
+        _on_arch("arch2-leakyrelu", "LeakyReLU(0.1)"),
+        _on_arch("arch2-gelu", "GELU"),
+        _on_arch("arch2-silu", "SiLU"),
+    ),
+)
 
-OPTIMIZER_STUDY = Study("optimizer_study", "Optimiser for Architecture 2, same budget, each at its usual lr", (
-    Variant("Adam, lr 1e-3 (report)", COMPARISON_BASE),
-    Variant("AdamW, lr 1e-3, weight decay 0.05", COMPARISON_BASE.with_(
-        recipe=COMPARISON_BASE.recipe.with_(optimizer="adamw", weight_decay=0.05), name="arch2-10ep-adamw")),
-    Variant("SGD + Nesterov momentum 0.9, lr 0.05", COMPARISON_BASE.with_(
-        recipe=COMPARISON_BASE.recipe.with_(optimizer="sgd", lr=0.05), name="arch2-10ep-sgd")),
-))
+OPTIMIZER_STUDY = Study(
+    "optimizer_study",
+    "Optimiser for Architecture 2, same budget, each at its usual lr",
+    (
+        Variant("Adam, lr 1e-3 (report)", COMPARISON_BASE),
+        Variant(
+            "AdamW, lr 1e-3, weight decay 0.05",
+            COMPARISON_BASE.with_(
+                recipe=COMPARISON_BASE.recipe.with_(optimizer="adamw", weight_decay=0.05), name="arch2-10ep-adamw"
+            ),
+        ),
+        Variant(
+            "SGD + Nesterov momentum 0.9, lr 0.05",
+            COMPARISON_BASE.with_(recipe=COMPARISON_BASE.recipe.with_(optimizer="sgd", lr=0.05), name="arch2-10ep-sgd"),
+        ),
+    ),
+)
 
-NORMALISATION_STUDY = Study("normalisation_study", "Input standardisation and BatchNorm on and off", (
-    Variant("standardised input, BatchNorm (report)", COMPARISON_BASE),
-    Variant("pixels / 255 only, BatchNorm", COMPARISON_BASE.with_(
-        recipe=COMPARISON_BASE.recipe.with_(input_norm="unit"), name="arch2-10ep-unit")),
-    _on_arch("arch2-nobn", "standardised input, no BatchNorm"),
-    Variant("pixels / 255 only, no BatchNorm", COMPARISON_BASE.with_(
-        model=COMPARISON_BASE.model.with_(arch="arch2-nobn"),
-        recipe=COMPARISON_BASE.recipe.with_(input_norm="unit"), name="arch2-nobn-10ep-unit")),
-))
+NORMALISATION_STUDY = Study(
+    "normalisation_study",
+    "Input standardisation and BatchNorm on and off",
+    (
+        Variant("standardised input, BatchNorm (report)", COMPARISON_BASE),
+        Variant(
+            "pixels / 255 only, BatchNorm",
+            COMPARISON_BASE.with_(recipe=COMPARISON_BASE.recipe.with_(input_norm="unit"), name="arch2-10ep-unit"),
+        ),
+        _on_arch("arch2-nobn", "standardised input, no BatchNorm"),
+        Variant(
+            "pixels / 255 only, no BatchNorm",
+            COMPARISON_BASE.with_(
+                model=COMPARISON_BASE.model.with_(arch="arch2-nobn"),
+                recipe=COMPARISON_BASE.recipe.with_(input_norm="unit"),
+                name="arch2-nobn-10ep-unit",
+            ),
+        ),
+    ),
+)
 
 COMPARISON_STUDIES = (DEPTH_STUDY, ACTIVATION_STUDY, OPTIMIZER_STUDY, NORMALISATION_STUDY)
 
@@ -103,7 +137,7 @@ def unique_specs(specs: Sequence[RunSpec]) -> list[RunSpec]:
     """`specs` without repeats (a baseline shared by several studies is trained once); names are ignored."""
     seen, out = set(), []
     for spec in specs:
-        ident = (repr(spec.model), repr(spec.recipe), spec.seed)
+        ident = spec.with_(name="")  # every other field: runs on other data, splits or limits are other runs
         if ident not in seen:
             seen.add(ident)
             out.append(spec)
@@ -112,18 +146,19 @@ def unique_specs(specs: Sequence[RunSpec]) -> list[RunSpec]:
 
 def run_study(study: Study, profile: Profile, run_many: RunMany) -> tuple[pd.DataFrame, dict[str, list[RunResult]]]:
     """Train (or load) every variant for each of its seeds (as many as the profile allows); return a table of
-    mean and spread, with gains and a noise screen against the first row, and the results by label."""
+    mean and spread, with gains and a noise screen against the study's baseline row, and the results by label."""
     per_variant = [v.specs(profile) for v in study.variants]
     flat = run_many([s for specs in per_variant for s in specs])
     results, rows, start = {}, [], 0
     for variant, specs in zip(study.variants, per_variant):
-        runs = flat[start:start + len(specs)]
+        runs = flat[start : start + len(specs)]
         start += len(specs)
         results[variant.label] = runs
         rows.append(summary_row(variant.label, runs, changes=variant.changes))
     table = pd.DataFrame(rows)
-    table["gain_vs_first_row"] = (table["val_acc_mean_%"] - table["val_acc_mean_%"].iloc[0]).round(2)
-    table["within_noise_of_first_row"] = within_noise(table, 0)
+    base = study.baseline
+    table["gain_vs_baseline"] = (table["val_acc_mean_%"] - table["val_acc_mean_%"].iloc[base]).round(2)
+    table["within_noise_of_baseline"] = within_noise(table, base)
     return table, results
 
 
@@ -133,18 +168,25 @@ def summary_row(label: str, runs: Sequence[RunResult], changes: str = "") -> dic
     row = {"variant": label}
     if changes:
         row["change"] = changes
-    row.update({"seeds": len(runs), "val_acc_mean_%": round(statistics.fmean(accs), 2),
-                "val_acc_std": round(statistics.stdev(accs), 2) if len(accs) > 1 else float("nan"),
-                "val_acc_min_%": round(min(accs), 2), "val_acc_max_%": round(max(accs), 2),
-                "val_balanced_acc_mean_%": round(statistics.fmean(r.val_balanced_acc for r in runs), 2),
-                "parameters": runs[0].parameters, "epochs": runs[0].history.epochs,
-                "train_seconds_mean": round(statistics.fmean(r.train_seconds for r in runs), 1),
-                "trained_on": ", ".join(sorted({r.device for r in runs}))})
+    row.update(
+        {
+            "seeds": len(runs),
+            "val_acc_mean_%": round(statistics.fmean(accs), 2),
+            "val_acc_std": round(statistics.stdev(accs), 2) if len(accs) > 1 else float("nan"),
+            "val_acc_min_%": round(min(accs), 2),
+            "val_acc_max_%": round(max(accs), 2),
+            "val_balanced_acc_mean_%": round(statistics.fmean(r.val_balanced_acc for r in runs), 2),
+            "parameters": runs[0].parameters,
+            "epochs": runs[0].history.epochs,
+            "train_seconds_mean": round(statistics.fmean(r.train_seconds for r in runs), 1),
+            "trained_on": ", ".join(sorted({r.device for r in runs})),
+        }
+    )
     return row
 
 
 def within_noise(table: pd.DataFrame, baseline_row: int = 0) -> pd.Series:
-    """"yes" where a variant's mean differs from the baseline's by less than two standard errors of the
+    """ "yes" where a variant's mean differs from the baseline's by less than two standard errors of the
     difference (a rough screen over seeds, said as such in the notebooks), "no" where it differs by more, and
     "one seed" where either side has a single seed and no spread to judge by."""
     base = table.iloc[baseline_row]
@@ -165,11 +207,23 @@ def describe_study(study: Study, num_classes: int) -> pd.DataFrame:
     rows = []
     for v in study.variants:
         m, r = v.spec.model, v.spec.recipe
-        changes = {k: val for k, val in r.as_dict().items()
-                   if k not in ("lr", "batch_size", "epochs") and val != getattr(report, k)}
-        rows.append({"variant": v.label, "arch": m.arch, "c1/c2/hidden": f"{m.c1}/{m.c2}/{m.hidden}",
-                     "dropout": m.dropout, "lr": r.lr, "batch": r.batch_size, "epochs": r.epochs,
-                     "recipe changes": ", ".join(f"{k}={val}" for k, val in changes.items()) or "-",
-                     "parameters": count_parameters(build_model(m, num_classes)),
-                     "seeds (full profile)": len(v.seeds)})
+        changes = {
+            k: val
+            for k, val in r.as_dict().items()
+            if k not in ("lr", "batch_size", "epochs") and val != getattr(report, k)
+        }
+        rows.append(
+            {
+                "variant": v.label,
+                "arch": m.arch,
+                "c1/c2/hidden": f"{m.c1}/{m.c2}/{m.hidden}",
+                "dropout": m.dropout,
+                "lr": r.lr,
+                "batch": r.batch_size,
+                "epochs": r.epochs,
+                "recipe changes": ", ".join(f"{k}={val}" for k, val in changes.items()) or "-",
+                "parameters": count_parameters(build_model(m, num_classes)),
+                "seeds (full profile)": len(v.seeds),
+            }
+        )
     return pd.DataFrame(rows)

@@ -3,10 +3,11 @@
 Notebooks 02-04 and `python -m emnist_utils trials` read these, so a table trained from the command line
 fills the very cache entries the notebooks load.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import pandas as pd
 
@@ -27,33 +28,52 @@ class Trial:
 
 
 def _table(table: str, arch: str, epochs: int, rows) -> tuple[Trial, ...]:
-    return tuple(Trial(table, i, RunSpec(ModelSpec(arch, c1, c2, hidden, dropout),
-                                         Recipe(lr=lr, batch_size=batch, epochs=epochs),
-                                         name=f"{arch}-trial{i}"), acc)
-                 for i, (lr, batch, c1, c2, hidden, dropout, acc) in enumerate(rows, start=1))
+    return tuple(
+        Trial(
+            table,
+            i,
+            RunSpec(
+                ModelSpec(arch, c1, c2, hidden, dropout),
+                Recipe(lr=lr, batch_size=batch, epochs=epochs),
+                name=f"{arch}-trial{i}",
+            ),
+            acc,
+        )
+        for i, (lr, batch, c1, c2, hidden, dropout, acc) in enumerate(rows, start=1)
+    )
 
 
 # Report Table 1.1: Architecture 1, 5 epochs, Adam. Columns: lr, batch, c1, c2, hidden, dropout, val acc %.
-TABLE_1_1 = _table("1.1", "arch1", 5, [
-    (1e-3, 10, 32, 64, 128, 0.3, 53),
-    (1e-3, 30, 40, 80, 192, 0.5, 66),
-    (1e-3, 100, 48, 88, 256, 0.4, 71),
-    (1e-2, 256, 56, 96, 320, 0.2, 62),
-    (1e-4, 190, 64, 104, 384, 0.1, 42),
-    (1e-3, 100, 72, 112, 448, 0.5, 74),
-    (1e-3, 230, 80, 120, 512, 0.5, 78),
-])
+TABLE_1_1 = _table(
+    "1.1",
+    "arch1",
+    5,
+    [
+        (1e-3, 10, 32, 64, 128, 0.3, 53),
+        (1e-3, 30, 40, 80, 192, 0.5, 66),
+        (1e-3, 100, 48, 88, 256, 0.4, 71),
+        (1e-2, 256, 56, 96, 320, 0.2, 62),
+        (1e-4, 190, 64, 104, 384, 0.1, 42),
+        (1e-3, 100, 72, 112, 448, 0.5, 74),
+        (1e-3, 230, 80, 120, 512, 0.5, 78),
+    ],
+)
 
 # Report Table 1.2: Architecture 2, 20 epochs, Adam.
-TABLE_1_2 = _table("1.2", "arch2", 20, [
-    (1e-3, 290, 8, 32, 600, 0.5, 88.7),
-    (1e-3, 300, 16, 40, 500, 0.5, 86),
-    (1e-3, 100, 24, 48, 256, 0.4, 84),
-    (1e-2, 256, 32, 56, 320, 0.2, 87),
-    (1e-3, 190, 40, 64, 384, 0.1, 78),
-    (1e-3, 100, 48, 72, 448, 0.5, 82),
-    (1e-3, 230, 56, 80, 512, 0.5, 78),
-])
+TABLE_1_2 = _table(
+    "1.2",
+    "arch2",
+    20,
+    [
+        (1e-3, 290, 8, 32, 600, 0.5, 88.7),
+        (1e-3, 300, 16, 40, 500, 0.5, 86),
+        (1e-3, 100, 24, 48, 256, 0.4, 84),
+        (1e-2, 256, 32, 56, 320, 0.2, 87),
+        (1e-3, 190, 40, 64, 384, 0.1, 78),
+        (1e-3, 100, 48, 72, 448, 0.5, 82),
+        (1e-3, 230, 56, 80, 512, 0.5, 78),
+    ],
+)
 
 TABLES = {"1.1": TABLE_1_1, "1.2": TABLE_1_2}
 
@@ -69,10 +89,16 @@ def choose_best(trials: Sequence[Trial], results: Sequence[RunResult]) -> tuple[
     test split; ties go to the earlier trial. Returns it, its result and a sentence saying why."""
     scores = [r.selection_score() for r in results]
     best = max(range(len(results)), key=lambda i: (scores[i], -i))
-    metric = "balanced validation accuracy" if results[best].metrics.get("selection_metric") == "balanced" \
+    metric = (
+        "balanced validation accuracy"
+        if results[best].metrics.get("selection_metric") == "balanced"
         else "validation accuracy"
-    return trials[best], results[best], (f"Table {trials[best].table} trial {trials[best].number} has the best "
-                                         f"{metric}: {scores[best]:.2f}%")
+    )
+    return (
+        trials[best],
+        results[best],
+        (f"Table {trials[best].table} trial {trials[best].number} has the best {metric}: {scores[best]:.2f}%"),
+    )
 
 
 def trial_table(trials: Sequence[Trial], results: Sequence[RunResult]) -> pd.DataFrame:
@@ -80,23 +106,48 @@ def trial_table(trials: Sequence[Trial], results: Sequence[RunResult]) -> pd.Dat
     rows = []
     for trial, r in zip(trials, results):
         m, rec = r.spec.model, r.spec.recipe
-        rows.append({"trial": trial.number, "lr": rec.lr, "batch": rec.batch_size, "epochs": r.history.epochs,
-                     "c1": m.c1, "c2": m.c2, "hidden": m.hidden, "dropout": m.dropout, "parameters": r.parameters,
-                     "val_acc_%": round(r.val_acc, 2), "val_balanced_acc_%": round(r.val_balanced_acc, 2),
-                     "best_epoch_val_acc_%": round(max(r.history.val_acc), 2),
-                     "report_val_acc_%": trial.report_val_acc, "train_seconds": round(r.train_seconds, 1),
-                     "trained_on": r.device})
+        rows.append(
+            {
+                "trial": trial.number,
+                "lr": rec.lr,
+                "batch": rec.batch_size,
+                "epochs": r.history.epochs,
+                "c1": m.c1,
+                "c2": m.c2,
+                "hidden": m.hidden,
+                "dropout": m.dropout,
+                "parameters": r.parameters,
+                "val_acc_%": round(r.val_acc, 2),
+                "val_balanced_acc_%": round(r.val_balanced_acc, 2),
+                "best_epoch_val_acc_%": round(max(r.history.val_acc), 2),
+                "report_val_acc_%": trial.report_val_acc,
+                "train_seconds": round(r.train_seconds, 1),
+                "trained_on": r.device,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def describe(trials: Sequence[Trial], num_classes: int) -> pd.DataFrame:
     """The trials' settings and the report's validation accuracy, before any training (a checked notebook
     output: the same under every profile)."""
-    return pd.DataFrame([{"trial": t.number, "lr": t.spec.recipe.lr, "batch": t.spec.recipe.batch_size,
-                          "epochs": t.spec.recipe.epochs, "c1": t.spec.model.c1, "c2": t.spec.model.c2,
-                          "hidden": t.spec.model.hidden, "dropout": t.spec.model.dropout,
-                          "parameters": count_parameters(build_model(t.spec.model, num_classes)),
-                          "report val acc %": t.report_val_acc} for t in trials])
+    return pd.DataFrame(
+        [
+            {
+                "trial": t.number,
+                "lr": t.spec.recipe.lr,
+                "batch": t.spec.recipe.batch_size,
+                "epochs": t.spec.recipe.epochs,
+                "c1": t.spec.model.c1,
+                "c2": t.spec.model.c2,
+                "hidden": t.spec.model.hidden,
+                "dropout": t.spec.model.dropout,
+                "parameters": count_parameters(build_model(t.spec.model, num_classes)),
+                "report val acc %": t.report_val_acc,
+            }
+            for t in trials
+        ]
+    )
 
 
 def summary(trials: Sequence[Trial], results: Sequence[RunResult], stamp: str) -> str:
@@ -105,13 +156,16 @@ def summary(trials: Sequence[Trial], results: Sequence[RunResult], stamp: str) -
     accs = [r.val_acc for r in results]
     worst = min(range(len(results)), key=lambda i: accs[i])
     report_best = max(trials, key=lambda t: t.report_val_acc)
-    return "\n".join([
-        f"{stamp}",
-        f"{reason} (plain {best_run.val_acc:.2f}%; the report's best was trial {report_best.number}, "
-        f"{report_best.report_val_acc}% on EMNIST balanced)",
-        f"validation accuracy of the seven trials: {min(accs):.2f}% to {max(accs):.2f}% "
-        f"(the report: {min(t.report_val_acc for t in trials)}% to {max(t.report_val_acc for t in trials)}%)",
-        f"lowest: trial {trials[worst].number} (lr {trials[worst].spec.recipe.lr}, batch "
-        f"{trials[worst].spec.recipe.batch_size}): {accs[worst]:.2f}%",
-        f"training time: {sum(r.train_seconds for r in results) / 60:.1f} min in all, on "
-        f"{', '.join(sorted({r.device for r in results}))}"])
+    return "\n".join(
+        [
+            f"{stamp}",
+            f"{reason} (plain {best_run.val_acc:.2f}%; the report's best was trial {report_best.number}, "
+            f"{report_best.report_val_acc}% on EMNIST balanced)",
+            f"validation accuracy of the seven trials: {min(accs):.2f}% to {max(accs):.2f}% "
+            f"(the report: {min(t.report_val_acc for t in trials)}% to {max(t.report_val_acc for t in trials)}%)",
+            f"lowest: trial {trials[worst].number} (lr {trials[worst].spec.recipe.lr}, batch "
+            f"{trials[worst].spec.recipe.batch_size}): {accs[worst]:.2f}%",
+            f"training time: {sum(r.train_seconds for r in results) / 60:.1f} min in all, on "
+            f"{', '.join(sorted({r.device for r in results}))}",
+        ]
+    )
