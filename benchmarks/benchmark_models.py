@@ -3,13 +3,14 @@
 (REPORT_FINAL), measured in ONE interleaved run. This is the CPU cost that notebook 05 and the README cite.
 
 A training step is what `fit` does per batch, minus the data: forward, backward and optimiser step with the run's
-recipe (optimiser, precision, memory layout, batch augmentation, weight-average update), on one batch of real
-training images already in memory. After each model's untimed warm-up, every round times --steps steps of each
-model in turn (the order rotating from round to round), for --rounds rounds, so that a change in machine load
-hits all models alike. Runs that share a training step (same model and step settings, e.g. `cpu` and `best`) are
-timed once. Printed per run: parameters, multiply-adds of one forward pass (registry.multiply_adds), training
-images/s (mean ± std over rounds), that speed as a ratio to the report model's, and the training time it implies
-for the run's epochs on the data's training and validation parts (experiments.plan.estimate_seconds).
+recipe (optimiser, precision, memory layout, batch augmentation, weight-average update), on one batch already in
+memory (experiments.plan.training_step; the cost does not depend on pixel values). After each model's untimed warm-
+up, every round times --steps steps of each model in turn (the order rotating from round to round), for --rounds
+rounds, so that a change in machine load hits all models alike (experiments.plan.interleaved_rates, the same
+measurement notebook 05 makes). Runs that share a training step (same model and step settings, e.g. `cpu` and
+`best`) are timed once. Printed per run: parameters, multiply-adds of one forward pass (registry.multiply_adds),
+training images/s (mean ± std over rounds), that speed as a ratio to the report model's, and the training time it
+implies for the run's epochs on the data's training and validation parts (experiments.plan.estimate_seconds).
 Results go to benchmarks/results/benchmark_models_<device>.{txt,json,csv}.
 
     .venv/bin/python benchmarks/benchmark_models.py [--rounds 5] [--steps 5] [--threads N] [--quick]
@@ -23,20 +24,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable
 
 import measure
 import torch
 from tabulate import tabulate
-from torch import nn
 
-from emnist_utils.core.augment import get_augmentation
 from emnist_utils.core.data import data_location, load_emnist
 from emnist_utils.core.registry import build_model, count_parameters, multiply_adds
-from emnist_utils.core.splits import Batches, make_splits
-from emnist_utils.core.training import autocast_context, input_normalisation, make_ema, make_optimizer, pick_device
+from emnist_utils.core.splits import make_splits
+from emnist_utils.core.training import pick_device
 from emnist_utils.experiments import beyond
-from emnist_utils.experiments.plan import estimate_seconds
+from emnist_utils.experiments.plan import estimate_seconds, interleaved_rates
 from emnist_utils.experiments.recipes import NAMED_RUNS
 from emnist_utils.experiments.runner import format_duration
 from emnist_utils.experiments.spec import RunSpec
@@ -69,74 +67,6 @@ def step_key(run: RunSpec, device: torch.device) -> str:
     )
 
 
-def training_step(run: RunSpec, splits, batch: int, device: torch.device) -> Callable[[], None]:
-    """One training step of `run` as fit takes it, on one fixed batch of real training images."""
-    recipe = run.recipe
-    channels_last = recipe.channels_last and device.type == "cpu"  # fit's rule
-    mean, std = input_normalisation(recipe, splits)
-    x, y = next(
-        iter(
-            Batches(
-                splits.train_images[:batch],
-                splits.train_labels[:batch],
-                batch,
-                mean,
-                std,
-                device=device,
-                channels_last=channels_last,
-            )
-        )
-    )
-    torch.manual_seed(0)
-    model = build_model(run.model, splits.num_classes).to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, recipe)
-    augment = get_augmentation(recipe.augment)
-    ema = make_ema(model, recipe)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    model.train()
-
-    def step() -> None:
-        inputs = augment(x) if augment is not None else x
-        with autocast_context(device, recipe.precision):
-            loss = loss_fn(model(inputs), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if ema is not None:
-            ema.update_parameters(model)
-
-    return step
-
-
-def interleaved(
-    steps_by_key: dict[str, Callable[[], None]],
-    items: dict[str, int],
-    rounds: int,
-    steps: int,
-    warmup: int,
-    device: torch.device,
-) -> dict[str, measure.Timing]:
-    """Round-robin timing: every round times `steps` steps of each key, starting with a different one each round."""
-    for step in steps_by_key.values():
-        for _ in range(warmup):
-            step()
-    seconds: dict[str, list[float]] = {key: [] for key in steps_by_key}
-    keys = list(steps_by_key)
-
-    def run(step: Callable[[], None]) -> None:
-        for _ in range(steps):
-            step()
-
-    for r in range(rounds):
-        measure.log(f"--- round {r + 1}/{rounds}")
-        shift = r % len(keys)
-        for key in keys[shift:] + keys[:shift]:
-            seconds[key].append(measure.timed(lambda step=steps_by_key[key]: run(step), device)[1])
-    return {key: measure.Timing(s, steps * items[key]) for key, s in seconds.items()}
-
-
 def main(argv=None) -> None:
     p = measure.parser(__doc__, all_cores=True)
     p.add_argument("--rounds", type=int, default=5, help="timed rounds over all models (default 5; --quick: 2)")
@@ -158,20 +88,24 @@ def main(argv=None) -> None:
     train_images, val_images = len(splits.train_labels), len(splits.val_labels)
 
     runs = listed_runs()
-    steps_by_key, items = {}, {}
-    for run, _ in runs:
-        key = step_key(run, device)
-        if key not in steps_by_key:
-            items[key] = min(run.recipe.batch_size, 32) if args.quick else run.recipe.batch_size
-            steps_by_key[key] = training_step(run, splits, items[key], device)
-    measure.log(f"--- {len(steps_by_key)} training steps for {len(runs)} runs; warm-up")
-    timings = interleaved(steps_by_key, items, args.rounds, args.steps, args.warmup, device)
+    distinct = {step_key(run, device): run for run, _ in runs}
+    measure.log(f"--- {len(distinct)} training steps for {len(runs)} runs, {args.rounds} interleaved rounds")
+    measured = interleaved_rates(
+        list(distinct.values()),
+        splits.num_classes,
+        device,
+        rounds=args.rounds,
+        steps=args.steps,
+        warmup=args.warmup,
+        batch=32 if args.quick else None,
+    )
+    rates = dict(zip(distinct, measured))
 
-    report_rate = timings[step_key(REPORT_FINAL, device)].rate[0]
+    report_rate = measure.mean_std(rates[step_key(REPORT_FINAL, device)])[0]
     rows = []
     for run, names in runs:
-        timing = timings[step_key(run, device)]
-        rate, std = timing.rate
+        samples = rates[step_key(run, device)]
+        rate, std = measure.mean_std(samples)
         m = run.model
         rows.append(
             {
@@ -189,7 +123,7 @@ def main(argv=None) -> None:
                 "epochs": run.recipe.epochs,
                 "img_per_s_mean": rate,
                 "img_per_s_std": std,
-                "img_per_s": timing.rates,
+                "img_per_s": samples,
                 "vs_report_model": rate / report_rate,
                 "implied_training_seconds": estimate_seconds(run, rate, train_images, val_images),
             }

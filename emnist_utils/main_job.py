@@ -190,8 +190,9 @@ class PlanRow:
     notebook: str
     runs: list[RunSpec]
     cached: int
-    estimate: float  # seconds of training left (one process)
+    estimate: float  # seconds of training of its new runs (one process)
     baselines: list[str] = field(default_factory=list)
+    new: int = 0  # runs to train that no earlier notebook of the plan trains
 
 
 @dataclass
@@ -211,19 +212,19 @@ class Plan:
         lines = [
             f"plan ({profile.name} profile, {device}, {self.jobs} job(s) at a time; "
             f"estimates measured on {machine_description()}):",
-            f"  {'notebook':{width}s}  runs  cached  to train  estimated training (one job)",
+            f"  {'notebook':{width}s}  runs  cached  new  estimated training of the new runs (one job)",
         ]
         for r in self.rows:
             extra = f" + {len(r.baselines)} baselines" if r.baselines else ""
             lines.append(
-                f"  {r.notebook:{width}s}  {len(r.runs):4d}  {r.cached:6d}  {len(r.runs) - r.cached:8d}  "
+                f"  {r.notebook:{width}s}  {len(r.runs):4d}  {r.cached:6d}  {r.new:3d}  "
                 f"{describe_estimate(r.estimate)}{extra}"
             )
         total = sum(self.estimates.values()) + sum(self.baselines_todo.values())
         lines.append(
-            f"  distinct runs to train: {len(self.todo)}, {describe_estimate(total)} of training in one job; "
-            f"about {describe_estimate(self.wall_estimate)} of wall time with {self.jobs} job(s)"
-            + (f"; {len(self.baselines_todo)} scikit-learn baselines to fit" if self.baselines_todo else "")
+            f"  runs to train: {len(self.todo)} ({describe_estimate(total)} in one job); about "
+            f"{describe_estimate(self.wall_estimate)} of wall time with {self.jobs} job(s)"
+            + (f", {len(self.baselines_todo)} scikit-learn baselines included" if self.baselines_todo else "")
         )
         return "\n".join(lines)
 
@@ -240,17 +241,22 @@ def make_plan(
     for path in notebooks:
         specs = [s.bind(splits, profile) for s in wanted.get(path.stem, [])]
         cached = [store.cached(s) is not None for s in specs]
-        rows.append(PlanRow(path.name, specs, sum(cached), 0.0, notebook_baselines(profile).get(path.stem, [])))
+        row = PlanRow(path.name, specs, sum(cached), 0.0, notebook_baselines(profile).get(path.stem, []))
         for spec, hit in zip(specs, cached):
             if not hit and spec.key() not in seen:
                 seen.add(spec.key())
                 todo.append(spec)
+                row.new += 1
+        rows.append(row)
     calibration = Calibration(store.root / "calibration.json", device, threads_per_job(jobs))
     throughput = calibration.throughputs(todo, data.num_classes, progress=progress)
     n_train, n_val = len(splits.train_labels), len(splits.val_labels)
     estimates = {s.key(): estimate_seconds(s, throughput[s.key()], n_train, n_val) for s in todo}
+    counted: set[str] = set()
     for row in rows:
-        row.estimate = sum(estimates.get(s.key(), 0.0) for s in {s.key(): s for s in row.runs}.values())
+        new = [s.key() for s in row.runs if s.key() in estimates and s.key() not in counted]
+        counted.update(new)
+        row.estimate = sum(estimates[k] for k in new)
     baselines = {b: 0.0 for r in rows for b in r.baselines if not baseline_cached(b, splits, profile, store.root)}
     for name in baselines:
         baselines[name] = calibration.baseline(

@@ -24,7 +24,7 @@ from torch import nn
 from ..core.augment import get_augmentation
 from ..core.paths import write_text_atomic
 from ..core.registry import build_model
-from ..core.training import autocast_context, make_optimizer
+from ..core.training import autocast_context, make_ema, make_optimizer
 from .runner import format_duration
 from .spec import RunSpec
 
@@ -61,23 +61,28 @@ def _cost_key(spec: RunSpec, device: torch.device, threads: int) -> str:
     )
 
 
-def training_step(spec: RunSpec, num_classes: int, device: torch.device) -> Callable[[], None]:
-    """One training step of `spec`'s model and recipe on a fixed random batch (forward, backward, optimiser step,
-    batch augmentation, weight average): what its training costs, whatever the pixel values."""
+def training_step(
+    spec: RunSpec, num_classes: int, device: torch.device, batch: int | None = None
+) -> Callable[[], None]:
+    """One training step of `spec`'s model and recipe as `fit` takes it (forward, backward, optimiser step, batch
+    augmentation, weight average) on a fixed random batch (of `batch` images, default the recipe's): what its
+    training costs, whatever the pixel values."""
     torch.manual_seed(0)
     recipe = spec.recipe
-    channels_last = recipe.channels_last and device.type == "cpu"
+    batch = batch or recipe.batch_size
+    channels_last = recipe.channels_last and device.type == "cpu"  # fit's rule
     model = build_model(spec.model, num_classes).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    model.train()
     optimizer = make_optimizer(model, recipe)
     augment = get_augmentation(recipe.augment)
-    ema = torch.optim.swa_utils.AveragedModel(model) if recipe.ema_decay > 0 else None
+    ema = make_ema(model, recipe)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    x = torch.randn(recipe.batch_size, 1, 28, 28, device=device)
+    x = torch.randn(batch, 1, 28, 28, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, num_classes, (recipe.batch_size,), device=device)
+    y = torch.randint(0, num_classes, (batch,), device=device)
 
     def step() -> None:
         inputs = augment(x) if augment is not None else x
@@ -106,26 +111,42 @@ def time_steps(step: Callable[[], None], batch_size: int, steps: int, device: to
 
 def measure_throughput(spec: RunSpec, num_classes: int, device: torch.device, steps: int = CALIBRATION_STEPS) -> float:
     """Training images per second of `spec`'s model and recipe, timed after two warm-up steps."""
-    step = training_step(spec, num_classes, device)
-    for _ in range(2):
-        step()
-    return time_steps(step, spec.recipe.batch_size, steps, device)
+    return interleaved_rates([spec], num_classes, device, rounds=1, steps=steps)[0][0]
+
+
+def interleaved_rates(
+    specs: Sequence[RunSpec],
+    num_classes: int,
+    device: torch.device,
+    rounds: int = 3,
+    steps: int = CALIBRATION_STEPS,
+    warmup: int = 2,
+    batch: int | None = None,
+) -> list[list[float]]:
+    """Training images per second of each spec in each of `rounds` rounds: every round times `steps` steps of
+    each model in turn, starting with a different one each round, so that a change in the machine's load hits
+    every model alike and the ratios stay fair."""
+    steppers = [training_step(s, num_classes, device, batch) for s in specs]
+    for step in steppers:
+        for _ in range(warmup):
+            step()
+    rates: list[list[float]] = [[] for _ in specs]
+    order = list(range(len(specs)))
+    for r in range(rounds):
+        shift = r % len(order)
+        for i in order[shift:] + order[:shift]:
+            rates[i].append(time_steps(steppers[i], batch or specs[i].recipe.batch_size, steps, device))
+    return rates
 
 
 def interleaved_throughput(
     specs: Sequence[RunSpec], num_classes: int, device: torch.device, rounds: int = 3, steps: int = CALIBRATION_STEPS
 ) -> list[tuple[float, float]]:
-    """(mean, std) training images per second of each spec, measured round-robin for `rounds` rounds, so that
-    a change in the machine's load hits every model alike and the ratios stay fair."""
-    stepper = [training_step(s, num_classes, device) for s in specs]
-    for step in stepper:
-        step()
-        step()
-    samples: list[list[float]] = [[] for _ in specs]
-    for _ in range(rounds):
-        for i, (spec, step) in enumerate(zip(specs, stepper)):
-            samples[i].append(time_steps(step, spec.recipe.batch_size, steps, device))
-    return [(statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for v in samples]
+    """(mean, std) of `interleaved_rates` for each spec."""
+    return [
+        (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
+        for v in interleaved_rates(specs, num_classes, device, rounds=rounds, steps=steps)
+    ]
 
 
 @dataclass
