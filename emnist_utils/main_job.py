@@ -71,6 +71,14 @@ def notebook_paths(selected: Sequence[str | Path] = ()) -> list[Path]:
     return out
 
 
+def notebook_target(profile: Profile) -> Path:
+    """Where executed notebooks go: the committed ones in place only for the full profile writing the committed
+    outputs; copies under <outputs>/notebooks/ otherwise (other profiles, or EMNIST_OUTPUT set)."""
+    if profile.writes_committed and not os.environ.get("EMNIST_OUTPUT"):
+        return NOTEBOOK_DIR
+    return output_root(profile.name) / "notebooks"
+
+
 def inject_parameters(notebook, parameters: dict) -> None:
     """Add a cell setting `parameters` right after the cell tagged `parameters`, as papermill does."""
     if not parameters:
@@ -83,7 +91,7 @@ def inject_parameters(notebook, parameters: dict) -> None:
     source = "# Injected parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in parameters.items())
     cell = nbformat.v4.new_code_cell(source)
     cell.metadata["tags"] = ["injected-parameters"]
-    cell.pop("id", None)
+    cell["id"] = "injected-parameters"  # a fixed id keeps executed copies byte-stable
     notebook.cells.insert(index + 1, cell)
 
 
@@ -317,7 +325,7 @@ def _main_job(stage, profile, data_dir, split, device, jobs, notebooks, plan_onl
     paths = notebook_paths(notebooks)
     store = Store()
     store.check_writable()
-    target_dir = NOTEBOOK_DIR if profile.writes_committed else output_root(profile.name) / "notebooks"
+    target_dir = notebook_target(profile)
     ensure_writable(target_dir, "notebooks folder")
     stage.text = "measuring this machine for the plan"
     calibrating = lambda text: print(f"  {text}", file=sys.stderr, flush=True)  # noqa: E731
