@@ -1,5 +1,6 @@
 """Shared test setup: every test runs with its own EMNIST_CACHE / EMNIST_OUTPUT, so nothing is written into the
 repository, and the stand-in data (if present) is loaded once per session."""
+
 from __future__ import annotations
 
 import sys
@@ -20,8 +21,14 @@ from helpers import STANDIN_DIR  # noqa: E402
 # two contending ones, and every bit-for-bit comparison below assumes the same thread count on both sides.
 torch.set_num_threads(1)
 
-_ENV_VARS = ("EMNIST_DATA", "EMNIST_SPLIT", "EMNIST_ALLOW_UNVERIFIED", "EMNIST_DEVICE", "EMNIST_PROFILE",
-             "EMNIST_RESUME_COMMAND")
+_ENV_VARS = (
+    "EMNIST_DATA",
+    "EMNIST_SPLIT",
+    "EMNIST_ALLOW_UNVERIFIED",
+    "EMNIST_DEVICE",
+    "EMNIST_PROFILE",
+    "EMNIST_RESUME_COMMAND",
+)
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
 """Helpers shared by the tests (defined once): small EMNIST-format datasets on disk, optionally damaged; tiny run
 specs; weight comparisons; an interrupting callback; folders that cannot be written."""
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,16 @@ RAW_DIR = (PROJECT_ROOT.parent / "shared" / "emnist" / "raw").resolve()
 
 BALANCED_CLASSES = list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabdefghnqrt")
 
-CORRUPTIONS = ("truncate_gzip", "garbage_gzip", "not_gzip", "swap", "truncate_payload", "count_mismatch",
-               "label_out_of_range", "checksum")
+CORRUPTIONS = (
+    "truncate_gzip",
+    "garbage_gzip",
+    "not_gzip",
+    "swap",
+    "truncate_payload",
+    "count_mismatch",
+    "label_out_of_range",
+    "checksum",
+)
 
 
 # ----------------------------------------------------------------------------- EMNIST-format files
@@ -71,11 +80,26 @@ class SynthDataset:
     labels: dict[str, np.ndarray] = field(default_factory=dict)  # labels as written (from first_label)
 
 
-def build_dataset(root: Path, split: str = "synth", n_train: int = 40, n_test: int = 12, *, gz: bool = True,
-                  layout: str = "flat", num_classes: int = 47, classes: list[str] | None = None,
-                  first_label: int = 0, mapping_columns: int = 2, seed: int = 0, mapping: bool = True,
-                  sums: bool = True, images: dict[str, np.ndarray] | None = None, corrupt: str | None = None,
-                  corrupt_part: str = "train", balanced_labels: bool = False) -> SynthDataset:
+def build_dataset(
+    root: Path,
+    split: str = "synth",
+    n_train: int = 40,
+    n_test: int = 12,
+    *,
+    gz: bool = True,
+    layout: str = "flat",
+    num_classes: int = 47,
+    classes: list[str] | None = None,
+    first_label: int = 0,
+    mapping_columns: int = 2,
+    seed: int = 0,
+    mapping: bool = True,
+    sums: bool = True,
+    images: dict[str, np.ndarray] | None = None,
+    corrupt: str | None = None,
+    corrupt_part: str = "train",
+    balanced_labels: bool = False,
+) -> SynthDataset:
     """Write a small EMNIST-format split under `root`.
 
     layout: "flat" (files in root) or "torchvision" (files in root/EMNIST/raw).
@@ -125,7 +149,7 @@ def build_dataset(root: Path, split: str = "synth", n_train: int = 40, n_test: i
                         data = data[: len(data) // 2]
                     elif damaged == "garbage_gzip":
                         middle = len(data) // 2
-                        data = data[:middle] + bytes(rng.integers(0, 256, 64, dtype=np.uint8)) + data[middle + 64:]
+                        data = data[:middle] + bytes(rng.integers(0, 256, 64, dtype=np.uint8)) + data[middle + 64 :]
                     elif damaged == "not_gzip":
                         data = b"this is not a gzip file at all " * 8
             path.write_bytes(data)
@@ -158,8 +182,12 @@ def tiny_spec(arch: str = "arch2", epochs: int = 2, seed: int = 0, **recipe):
     from emnist_utils.core.training import Recipe
     from emnist_utils.experiments.spec import RunSpec
 
-    shape = {"arch1": (4, 8, 32, 0.3), "arch2": (4, 8, 32, 0.5), "compact": (4, 8, 16, 0.3),
-             "lean": (4, 8, 16, 0.2)}.get(arch, (4, 8, 32, 0.5))
+    shape = {
+        "arch1": (4, 8, 32, 0.3),
+        "arch2": (4, 8, 32, 0.5),
+        "compact": (4, 8, 16, 0.3),
+        "lean": (4, 8, 16, 0.2),
+    }.get(arch, (4, 8, 32, 0.5))
     recipe = {"lr": 1e-3, "batch_size": 100, "epochs": epochs, **recipe}
     return RunSpec(ModelSpec(arch, *shape), Recipe(**recipe), seed=seed, name=f"tiny-{arch}")
 
@@ -177,9 +205,11 @@ class Interrupt(Exception):
 
 def interrupt_at(epoch: int):
     """An epoch callback that stops training right after `epoch` (its checkpoint is already written)."""
+
     def callback(done, history):
         if done == epoch:
             raise Interrupt(done)
+
     return callback
 
 
@@ -230,18 +260,39 @@ def small_profile():
     return Profile("test", "the tests' small splits", train_limit=1500, val_limit=500, test_limit=470)
 
 
-def fake_result(val_acc: float = 50.0, val_balanced_acc: float | None = None, *, spec=None,
-                selection_metric: str = "balanced", parameters: int = 1000, train_seconds: float = 1.0,
-                device: str = "cpu (1 threads)", epochs: int = 1):
+def fake_result(
+    val_acc: float = 50.0,
+    val_balanced_acc: float | None = None,
+    *,
+    spec=None,
+    selection_metric: str = "balanced",
+    parameters: int = 1000,
+    train_seconds: float = 1.0,
+    device: str = "cpu (1 threads)",
+    epochs: int = 1,
+):
     """A RunResult with the given numbers and no trained model behind it (for tables, choices and progress)."""
     from emnist_utils.core.training import History
     from emnist_utils.experiments.store import RunResult
 
     balanced = val_acc if val_balanced_acc is None else val_balanced_acc
-    history = History(train_loss=[1.0] * epochs, train_acc=[val_acc] * epochs, val_loss=[1.0] * epochs,
-                      val_acc=[val_acc] * epochs, val_balanced_acc=[balanced] * epochs,
-                      seconds=[train_seconds / epochs] * epochs)
+    history = History(
+        train_loss=[1.0] * epochs,
+        train_acc=[val_acc] * epochs,
+        val_loss=[1.0] * epochs,
+        val_acc=[val_acc] * epochs,
+        val_balanced_acc=[balanced] * epochs,
+        seconds=[train_seconds / epochs] * epochs,
+    )
     metrics = {"val_acc": val_acc, "val_balanced_acc": balanced, "selection_metric": selection_metric}
-    return RunResult(spec=spec if spec is not None else tiny_spec(), key="fake", history=history, metrics=metrics,
-                     parameters=parameters, train_seconds=train_seconds, device=device, provenance={},
-                     model_path=Path("/nonexistent/fake.pt"))
+    return RunResult(
+        spec=spec if spec is not None else tiny_spec(),
+        key="fake",
+        history=history,
+        metrics=metrics,
+        parameters=parameters,
+        train_seconds=train_seconds,
+        device=device,
+        provenance={},
+        model_path=Path("/nonexistent/fake.pt"),
+    )

@@ -12,10 +12,10 @@ from helpers import small_profile, tiny_spec
 
 from emnist_utils.core.fingerprint import Fingerprinter
 from emnist_utils.core.registry import ConfigError, ModelSpec
+from emnist_utils.core.splits import make_splits
 from emnist_utils.core.training import Recipe
 from emnist_utils.experiments import spec as spec_module
 from emnist_utils.experiments.profiles import PROFILES
-from emnist_utils.core.splits import make_splits
 from emnist_utils.experiments.spec import TRAINING_ROOTS, TRAINING_STOP, Limits, RunSpec
 
 DATA = "ab" * 32

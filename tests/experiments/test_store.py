@@ -100,7 +100,9 @@ def test_first_run_writes_entry_and_model_and_no_checkpoint(trained):
     assert result.device == "cpu (1 threads)"
     assert result.provenance["checksum"] == spec.data
     assert {"torch", "python", "threads", "finished_utc"} <= set(result.environment)
-    assert read_entry(paths["entry"], spec.key()) == json.loads(json.dumps(result.to_json()))
+    entry = read_entry(paths["entry"], spec.key())
+    assert entry.pop("model_sha256") == hashlib.sha256(paths["model"].read_bytes()).hexdigest()
+    assert entry == json.loads(json.dumps(result.to_json()))
 
 
 def test_second_run_is_loaded_without_training(trained, small_splits, tmp_path, monkeypatch):
@@ -483,3 +485,14 @@ def test_validation_metrics_balanced_differs_from_plain():
 def test_selection_score_follows_the_selection_metric():
     assert fake_result(80.0, 70.0, selection_metric="balanced").selection_score() == 70.0
     assert fake_result(80.0, 70.0, selection_metric="plain").selection_score() == 80.0
+
+
+def test_a_model_file_replaced_after_training_is_not_served(small_splits):
+    """The entry records the model file's sha256: a damaged or swapped file makes the run train again."""
+    store = Store()
+    spec = bind(small_splits, epochs=1)
+    first = run(store, spec, small_splits)
+    other = run(store, bind(small_splits, epochs=1, seed=5), small_splits)
+    first.model_path.write_bytes(other.model_path.read_bytes())
+    with pytest.warns(UserWarning, match="not the one its entry recorded"):
+        assert store.cached(spec) is None
