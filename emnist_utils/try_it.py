@@ -18,11 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ipywidgets as widgets
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from ipycanvas import Canvas
+from IPython.display import display
 from PIL import Image, ImageDraw
 from torch import nn
 
@@ -163,13 +166,9 @@ def frontend_attached() -> bool:
 
 
 def use_live_canvas(live: bool | None = None) -> bool:
-    """`live` if given, else whether a browser can show the canvas (and ipycanvas is installed)."""
+    """`live` if given, else whether a browser can show the canvas."""
     if live is not None:
         return bool(live)
-    try:
-        import ipycanvas  # noqa: F401
-    except ImportError:
-        return False
     return frontend_attached()
 
 
@@ -526,9 +525,6 @@ class TryIt:
     receives, Grad-CAM over it and the top classes as bars, updated while you draw."""
 
     def __init__(self, model: TrainedModel, size: int = CANVAS, pen: int = PEN, k: int = TOP, label: str = ""):
-        import ipywidgets as widgets
-        from ipycanvas import Canvas
-
         self.model, self.k = model, k
         self.sketch = Sketch(size=size, pen=pen)
         self.drawing = False
@@ -573,8 +569,6 @@ class TryIt:
         self.clear()
 
     def _ipython_display_(self):
-        from IPython.display import display
-
         display(self.panel)
 
     # events (canvas coordinates)
@@ -640,8 +634,6 @@ def try_it(model: TrainedModel, live: bool | None = None, sample: str = "7", lab
     `sample` (SAMPLE_STROKES) as a figure. `label` names the model under the panel. Returns the TryIt panel
     (displayed) or the figure (shown by the notebook's backend)."""
     if use_live_canvas(live):
-        from IPython.display import display
-
         panel = TryIt(model, label=label)
         display(panel)
         return panel
