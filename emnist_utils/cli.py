@@ -108,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--recipe",
         choices=sorted(NAMED_RUNS),
         default="cpu",
-        help="report (the report's final run), fast (report model, 6 epochs), cpu (lean CNN, "
-        "under 20 minutes on 2 CPU cores) or best (notebook 05's final recipe); default cpu",
+        help=f"report (the report's final run, {NAMED_RUNS['report'].recipe.epochs} epochs), fast (the report's "
+        f"model, {NAMED_RUNS['fast'].recipe.epochs} epochs), cpu (lean CNN, {NAMED_RUNS['cpu'].recipe.epochs} epochs, "
+        "under 20 minutes on 2 CPU cores) or best (notebook 05's final recipe, "
+        f"{NAMED_RUNS['best'].recipe.epochs} epochs); default cpu",
     )
     train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     train.add_argument("--out", default=None, metavar="FILE", help="trained-model file to write (default: none)")
