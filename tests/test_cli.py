@@ -356,7 +356,7 @@ def standin_facts():
     labels, train then test)."""
     if not STANDIN_DIR.is_dir():
         pytest.skip(f"stand-in data not found at {STANDIN_DIR}")
-    digest, counts = hashlib.sha256(), {}
+    digest, counts, per_class = hashlib.sha256(), {}, {}
     for part in ("train", "test"):
         dims, images = _idx_parts(STANDIN_DIR / f"emnist-standin-{part}-images-idx3-ubyte.gz")
         _, labels = _idx_parts(STANDIN_DIR / f"emnist-standin-{part}-labels-idx1-ubyte.gz")
@@ -364,7 +364,8 @@ def standin_facts():
         digest.update(np.ascontiguousarray(upright).tobytes())
         digest.update(labels)
         counts[part] = dims[0]
-    return {"counts": counts, "checksum": digest.hexdigest()}
+        per_class[part] = np.bincount(np.frombuffer(labels, dtype=np.uint8), minlength=47)
+    return {"counts": counts, "per_class": per_class, "checksum": digest.hexdigest()}
 
 
 STANDIN = ["--data", str(STANDIN_DIR), "--split", "standin"]
@@ -389,6 +390,14 @@ def test_train_evaluate_and_train_again_from_the_cache(tmp_path, capsys, monkeyp
     assert "recipe fast: 1 epochs" in first and "profile smoke, seed 0" in first
     assert f"data: emnist-standin sha256 {standin_facts['checksum'][:12]}" in first
     assert weights.is_file()
+    # the file carries the prior correction chosen on validation (the stand-in's training split is imbalanced)
+    saved = TrainedModel.load(weights)
+    strength = float(first.split("logit adjustment strength ")[1].split(",")[0])
+    assert strength > 0 and saved.adjustment is not None
+    # -strength * log(prior of the training part): rare classes raised, common ones lowered; the training part is a
+    # random subset, so its prior follows the whole training split's closely
+    log_prior = np.log(standin_facts["per_class"]["train"] / standin_facts["counts"]["train"])
+    assert np.corrcoef(saved.adjustment, log_prior)[0, 1] < -0.9
 
     rc, out, err = run(capsys, "evaluate", "--weights", weights, *STANDIN)
     assert rc == 0, err
@@ -396,6 +405,7 @@ def test_train_evaluate_and_train_again_from_the_cache(tmp_path, capsys, monkeyp
     assert "(the data it was trained on)" in out
     accuracy = float(out.split("test accuracy: ")[1].split("%")[0])
     assert 100 / 47 < accuracy <= 100  # one epoch on 3,000 images: well above chance
+    assert "logit adjustment" in out  # evaluate says it applies what the file carries
 
     rc, second, err = run(capsys, "train", "--recipe", "fast", *SMALL, *STANDIN, "--out", weights)
     assert rc == 0, err
