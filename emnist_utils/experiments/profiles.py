@@ -49,8 +49,8 @@ PROFILES = {
     "full": Profile("full", "everything as the study defines it: all data, every epoch, every seed"),
     "quick": Profile(
         "quick",
-        "a laptop's half hour: 12,000 training images, a quarter of the epochs, one seed",
-        train_limit=12_000,
+        "a laptop's half hour: 10,000 training images, a quarter of the epochs, one seed",
+        train_limit=10_000,
         val_limit=4_000,
         epoch_fraction=0.25,
         max_seeds=1,
