@@ -125,20 +125,10 @@ def measure_levers(
 
 def main(argv=None) -> None:
     p = measure.parser(__doc__)
-    p.add_argument("--rounds", type=int, default=5, help="timed rounds over all levers (default 5; --quick: 2)")
-    p.add_argument("--steps", type=int, default=10, help="training steps per lever per round (default 10; --quick: 1)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps per lever first (default 5; --quick: 1)")
+    measure.interleaved_options(p, "lever", rounds=5, steps=10, warmup=5)
     p.add_argument("--compile", action="store_true", help="also time torch.compile (compiles for tens of seconds)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.rounds, args.steps, args.warmup = 2, 1, 1
-    if min(args.rounds, args.steps) < 1:
-        p.error("--rounds and --steps must be at least 1")
-    measure.set_threads(args.threads)
-    device = pick_device(args.device)
-    info = measure.machine(device)
-    if measure.busy_warning(info):
-        measure.log(measure.busy_warning(info))
+    args = measure.parse(p, argv)
+    device, info = measure.start(args, pick_device)
     batch = 32 if args.quick else REPORT_FINAL.recipe.batch_size
     data = load_emnist(*data_location(args.data, args.split), download=False)
     splits = make_splits(data, args.seed)  # the normalisation of the whole training split; one batch is used
@@ -172,18 +162,8 @@ def main(argv=None) -> None:
             ),
         ]
     )
-    print(text)
-    payload = {
-        "benchmark": "levers",
-        "machine": info,
-        "settings": measure.settings(args),
-        "data": splits.provenance,
-        "results": {"levers": results, "memory": measure.peak_memory(device)},
-    }
-    for path in measure.write_results(
-        args.out, measure.result_stem("benchmark_levers", device, args.quick), text, payload
-    ):
-        print(f"wrote {path}")
+    results = {"levers": results, "memory": measure.peak_memory(device)}
+    measure.publish("levers", args, device, info, text, splits.provenance, results)
 
 
 if __name__ == "__main__":

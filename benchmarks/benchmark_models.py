@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 
 import measure
 import torch
@@ -34,7 +33,7 @@ from emnist_utils.core.registry import build_model, count_parameters, multiply_a
 from emnist_utils.core.splits import make_splits
 from emnist_utils.core.training import pick_device
 from emnist_utils.experiments import beyond
-from emnist_utils.experiments.plan import estimate_seconds, interleaved_rates
+from emnist_utils.experiments.plan import cost_key, estimate_seconds, interleaved_rates
 from emnist_utils.experiments.recipes import NAMED_RUNS
 from emnist_utils.experiments.runner import format_duration
 from emnist_utils.experiments.spec import RunSpec
@@ -51,44 +50,18 @@ def listed_runs() -> list[tuple[RunSpec, list[str]]]:
     return list(runs.items())
 
 
-def step_key(run: RunSpec, device: torch.device) -> str:
-    """What a training step's cost depends on; runs with the same key are timed once."""
-    r = run.recipe
-    return json.dumps(
-        [
-            run.model.as_dict(),
-            r.batch_size,
-            r.optimizer,
-            r.augment,
-            r.precision,
-            r.channels_last and device.type == "cpu",
-            r.ema_decay > 0,
-        ]
-    )
-
-
 def main(argv=None) -> None:
     p = measure.parser(__doc__, all_cores=True)
-    p.add_argument("--rounds", type=int, default=5, help="timed rounds over all models (default 5; --quick: 2)")
-    p.add_argument("--steps", type=int, default=5, help="training steps per model per round (default 5; --quick: 1)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per model first (default 2; --quick: 1)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.rounds, args.steps, args.warmup = 2, 1, 1
-    if min(args.rounds, args.steps) < 1:
-        p.error("--rounds and --steps must be at least 1")
-    measure.set_threads(args.threads)
-    device = pick_device(args.device)
-    info = measure.machine(device)
-    if measure.busy_warning(info):
-        measure.log(measure.busy_warning(info))
+    measure.interleaved_options(p, "model", rounds=5, steps=5, warmup=2)
+    args = measure.parse(p, argv)
+    device, info = measure.start(args, pick_device)
     data = load_emnist(*data_location(args.data, args.split), download=False)
     splits = make_splits(data, args.seed)
     del data
     train_images, val_images = len(splits.train_labels), len(splits.val_labels)
 
     runs = listed_runs()
-    distinct = {step_key(run, device): run for run, _ in runs}
+    distinct = {cost_key(run, device, torch.get_num_threads()): run for run, _ in runs}
     measure.log(f"--- {len(distinct)} training steps for {len(runs)} runs, {args.rounds} interleaved rounds")
     measured = interleaved_rates(
         list(distinct.values()),
@@ -101,10 +74,10 @@ def main(argv=None) -> None:
     )
     rates = dict(zip(distinct, measured))
 
-    report_rate = measure.mean_std(rates[step_key(REPORT_FINAL, device)])[0]
+    report_rate = measure.mean_std(rates[cost_key(REPORT_FINAL, device, torch.get_num_threads())])[0]
     rows = []
     for run, names in runs:
-        samples = rates[step_key(run, device)]
+        samples = rates[cost_key(run, device, torch.get_num_threads())]
         rate, std = measure.mean_std(samples)
         m = run.model
         rows.append(
@@ -172,27 +145,13 @@ def main(argv=None) -> None:
             "  implied training time = epochs x (training part / img/s + validation part / (3 x img/s))",
         ]
     )
-    print(text)
     columns = [k for k in rows[0] if k != "img_per_s"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    payload = {
-        "benchmark": "models",
-        "machine": info,
-        "settings": measure.settings(args),
-        "data": {**splits.provenance, **splits.sizes()},
-        "results": rows,
-    }
-    for path in measure.write_results(
-        args.out,
-        measure.result_stem("benchmark_models", device, args.quick),
-        text,
-        payload,
-        extra={".csv": buffer.getvalue()},
-    ):
-        print(f"wrote {path}")
+    data = {**splits.provenance, **splits.sizes()}
+    measure.publish("models", args, device, info, text, data, rows, extra={".csv": buffer.getvalue()})
 
 
 if __name__ == "__main__":

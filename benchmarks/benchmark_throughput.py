@@ -276,11 +276,7 @@ def main(argv=None) -> None:
         args.epochs, args.eval_repeats, args.warmup_batches = 2, 2, 1
     if args.epochs < 1 or args.eval_repeats < 1:
         p.error("--epochs and --eval-repeats must be at least 1")
-    measure.set_threads(args.threads)
-    device = pick_device(args.device)
-    info = measure.machine(device)
-    if measure.busy_warning(info):
-        measure.log(measure.busy_warning(info))
+    device, info = measure.start(args, pick_device)
     root, split = data_location(args.data, args.split)
     data = load_emnist(root, split, download=False)
     limits = QUICK_LIMITS if args.quick else {}
@@ -316,18 +312,7 @@ def main(argv=None) -> None:
         "evaluation": proj["evaluation"]["img_per_s_mean"] / rep["evaluation"]["img_per_s_mean"],
     }
     text = report_text(info, args, splits, results)
-    print(text)
-    payload = {
-        "benchmark": "throughput",
-        "machine": info,
-        "settings": measure.settings(args),
-        "data": {**splits.provenance, **splits.sizes()},
-        "results": results,
-    }
-    for path in measure.write_results(
-        args.out, measure.result_stem("benchmark_throughput", device, args.quick), text, payload
-    ):
-        print(f"wrote {path}")
+    measure.publish("throughput", args, device, info, text, {**splits.provenance, **splits.sizes()}, results)
 
 
 if __name__ == "__main__":

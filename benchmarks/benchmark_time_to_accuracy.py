@@ -235,11 +235,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.quick:
         args.report_epochs = 1
-    measure.set_threads(args.threads)
-    device = pick_device(args.device)
-    info = measure.machine(device)
-    if measure.busy_warning(info):
-        measure.log(measure.busy_warning(info))
+    device, info = measure.start(args, pick_device)
     root, split = data_location(args.data, args.split)
     data = load_emnist(root, split, download=False)
     splits = make_splits(data, args.seed, **(QUICK_LIMITS if args.quick else {}))
@@ -263,17 +259,7 @@ def main(argv=None) -> None:
         "memory": measure.peak_memory(device),
     }
     text = report_text(info, args, splits, results)
-    print(text)
-    payload = {
-        "benchmark": "time_to_accuracy",
-        "machine": info,
-        "settings": measure.settings(args),
-        "data": {**splits.provenance, **splits.sizes()},
-        "results": results,
-    }
-    stem = measure.result_stem("benchmark_time_to_accuracy", device, args.quick)
-    for path in measure.write_results(args.out, stem, text, payload):
-        print(f"wrote {path}")
+    measure.publish("time_to_accuracy", args, device, info, text, {**splits.provenance, **splits.sizes()}, results)
 
 
 if __name__ == "__main__":

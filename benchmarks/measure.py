@@ -237,6 +237,40 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def interleaved_options(p: argparse.ArgumentParser, what: str, *, rounds: int, steps: int, warmup: int) -> None:
+    """--rounds/--steps/--warmup of a benchmark that times several `what`s in turn (one round = each once)."""
+    p.add_argument(
+        "--rounds", type=int, default=rounds, help=f"timed rounds over all {what}s (default {rounds}; --quick: 2)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=steps, help=f"training steps per {what} per round (default {steps}; --quick: 1)"
+    )
+    p.add_argument(
+        "--warmup", type=int, default=warmup, help=f"untimed steps per {what} first (default {warmup}; --quick: 1)"
+    )
+
+
+def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse, applying --quick to the interleaved options where the script has them, and refuse empty timings."""
+    args = p.parse_args(argv)
+    if hasattr(args, "rounds"):
+        if args.quick:
+            args.rounds, args.steps, args.warmup = 2, 1, 1
+        if min(args.rounds, args.steps) < 1:
+            p.error("--rounds and --steps must be at least 1")
+    return args
+
+
+def start(args: argparse.Namespace, pick_device: Callable) -> tuple[torch.device, dict]:
+    """Threads, device and the machine's description for a benchmark run; says when the machine is busy."""
+    set_threads(args.threads)
+    device = pick_device(args.device)
+    info = machine(device)
+    if busy_warning(info):
+        log(busy_warning(info))
+    return device, info
+
+
 # ----------------------------------------------------------------------------- parts in their own process
 
 
@@ -296,3 +330,21 @@ def write_results(out: Path, stem: str, text: str, payload: dict, extra: dict[st
 
 def settings(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k != "worker"}
+
+
+def publish(
+    benchmark: str,
+    args: argparse.Namespace,
+    device: torch.device,
+    info: dict,
+    text: str,
+    data: dict,
+    results,
+    extra: dict[str, str] | None = None,
+) -> None:
+    """Print a benchmark's report and write it with its JSON (machine, settings, data, results) under --out."""
+    print(text)
+    payload = {"benchmark": benchmark, "machine": info, "settings": settings(args), "data": data, "results": results}
+    stem = result_stem(f"benchmark_{benchmark}", device, args.quick)
+    for path in write_results(args.out, stem, text, payload, extra):
+        print(f"wrote {path}")

@@ -27,7 +27,7 @@ from .core.data import EMNIST, load_emnist
 from .core.evaluation import report
 from .core.paths import ensure_writable, output_root, shown
 from .core.plots import save_figure
-from .core.registry import ModelSpec, build_model
+from .core.registry import ConfigError, ModelSpec, build_model
 from .core.reporting import stamp, write_json, write_table
 from .core.splits import Splits, make_splits
 from .core.trained_model import TrainedModel
@@ -78,7 +78,13 @@ class Context:
     # --------------------------------------------------------------------------- runs
 
     def bind(self, spec: RunSpec) -> RunSpec:
-        """A run as this notebook's profile runs it on its data."""
+        """A run as this notebook's profile runs it on its data. A run that is already bound (a result's `spec`)
+        is refused: binding it again would shrink its epochs twice under a quick or smoke profile."""
+        if spec.data:
+            raise ConfigError(
+                f"run {spec.label} is already bound to data: pass the run as defined (e.g. beyond.CANDIDATES[i]), "
+                "not a result's spec"
+            )
         return spec.bind(self.splits, self.profile)
 
     def cached(self, spec: RunSpec) -> RunResult | None:
@@ -194,6 +200,8 @@ def start(
     data = load_emnist(data_dir, split)
     splits = make_splits(data, seed, **prof.limits())
     print(f"profile: {prof.name} | seed: {seed} | device: {dev.type} | outputs: {shown(output) or '.'}")
+    if not prof.writes_committed:
+        print(f"not the full study: {prof.description}; numbers here are smaller than the committed run's")
     print(versions())
     print(f"data: emnist-{data.split} from {shown(data.root)}")
     return Context(

@@ -24,8 +24,9 @@ from helpers import BALANCED_CLASSES, PROJECT_ROOT, STANDIN_DIR, build_dataset, 
 from emnist_utils import main_job
 from emnist_utils import notebook as nb
 from emnist_utils.core import paths as paths_module
-from emnist_utils.core.registry import ModelSpec, build_model
+from emnist_utils.core.registry import ConfigError, ModelSpec, build_model
 from emnist_utils.core.trained_model import ModelFileError, TrainedModel
+from emnist_utils.experiments import beyond
 
 NOTEBOOK_01 = PROJECT_ROOT / "notebooks" / "01_data_exploration.ipynb"
 # The figures notebook 01 saves (ctx.save_figure), each as .png and .pdf.
@@ -78,7 +79,7 @@ def files_under(root) -> set[str]:
     [("full", "smoke", "outputs/smoke"), ("smoke", "full", "."), ("quick", None, "outputs/quick")],
     ids=["smoke-under-EMNIST_PROFILE=full", "full-under-EMNIST_PROFILE=smoke", "None-takes-EMNIST_PROFILE"],
 )
-def test_outputs_follow_the_contexts_own_profile(tmp_path, monkeypatch, synth, env_profile, asked, expected):
+def test_outputs_follow_the_contexts_own_profile(tmp_path, monkeypatch, capsys, synth, env_profile, asked, expected):
     """Without EMNIST_OUTPUT: full writes the committed figures/ and results/, any other profile
     outputs/<profile>/ (the project root is a temporary folder here, so nothing real is written)."""
     root = tmp_path / "project"
@@ -89,6 +90,9 @@ def test_outputs_follow_the_contexts_own_profile(tmp_path, monkeypatch, synth, e
     context = nb.start(asked, 0, str(synth.root), "synth47", device="cpu")
     want = (root / expected).resolve()
     assert context.profile.name == (asked or env_profile)
+    # a notebook run under another profile than full says how it differs from the full study
+    said = capsys.readouterr().out
+    assert ("not the full study: " + context.profile.description in said) == (context.profile.name != "full")
     assert context.output == want
     assert context.figures_dir == want / "figures" and context.results_dir == want / "results"
 
@@ -139,6 +143,20 @@ def test_model_summary_leaves_the_rng_and_trained_models_alone():
     assert f"Total params: {parameters:,}" in text
     assert "Conv2d" in text and "Linear" in text
     assert "Total params:" in text_again
+
+
+def test_a_bound_run_is_never_bound_again(ctx):
+    """Binding applies the profile's epoch fraction; a result's spec bound a second time would train a quarter of
+    a quarter of the epochs under `quick` (what notebook 05 once did with the chosen candidate)."""
+    candidate = beyond.CANDIDATES[0]
+    bound = ctx.bind(candidate)
+    assert bound.recipe.epochs == ctx.profile.epochs(candidate.recipe.epochs) < candidate.recipe.epochs
+    with pytest.raises(ConfigError, match="already bound"):
+        ctx.bind(bound)
+    with pytest.raises(ConfigError, match="already bound"):
+        ctx.run_many([bound.with_(seed=1)])
+    assert [s.seed for s in beyond.seed_specs(candidate, ctx.profile)] == list(ctx.profile.seeds(beyond.SEEDS))
+    assert all(not s.data for s in beyond.seed_specs(candidate, ctx.profile))
 
 
 # ----------------------------------------------------------------------------- the test split, once

@@ -125,8 +125,13 @@ def specs(profile: Profile, chosen: Callable[[Sequence[RunSpec]], RunSpec | None
     out = ladder_specs(profile) + candidate_specs(profile)
     pick = chosen(candidate_specs(profile)) if chosen is not None else None
     if pick is not None:
-        out += [pick.with_(seed=s) for s in profile.seeds(SEEDS)]
+        out += seed_specs(pick, profile)
     return out
+
+
+def seed_specs(candidate: RunSpec, profile: Profile) -> list[RunSpec]:
+    """The chosen candidate (as defined in CANDIDATES, not bound to data) on each of the profile's seeds."""
+    return [candidate.with_(seed=s) for s in profile.seeds(SEEDS)]
 
 
 def choose(results: Sequence[RunResult]) -> int:

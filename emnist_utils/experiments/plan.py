@@ -45,12 +45,14 @@ def machine_description() -> str:
     return f"{name}, {os.cpu_count()} cpus, torch {torch.__version__}"
 
 
-def _cost_key(spec: RunSpec, device: torch.device, threads: int) -> str:
+def cost_key(spec: RunSpec, device: torch.device, threads: int) -> str:
+    """What a training step's cost depends on: runs with the same key are timed once."""
     r = spec.recipe
     return json.dumps(
         [
             spec.model.as_dict(),
             r.batch_size,
+            r.optimizer,
             r.augment,
             r.precision,
             r.channels_last,
@@ -172,7 +174,7 @@ class Calibration:
         out, measured = {}, 0
         try:
             for spec in specs:
-                cost = _cost_key(spec, self.device, self.threads)
+                cost = cost_key(spec, self.device, self.threads)
                 if cost not in machine:
                     if progress is not None:
                         progress(
@@ -203,7 +205,7 @@ class Calibration:
         shows the same numbers (and leaves its committed outputs unchanged)."""
         stored = self._load()
         machine = stored.setdefault(machine_description(), {})
-        key = json.dumps(["interleaved", rounds, [_cost_key(s, self.device, self.threads) for s in specs]])
+        key = json.dumps(["interleaved", rounds, [cost_key(s, self.device, self.threads) for s in specs]])
         if key not in machine:
             previous = torch.get_num_threads()
             torch.set_num_threads(self.threads)
