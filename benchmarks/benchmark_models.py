@@ -61,7 +61,8 @@ def main(argv=None) -> None:
     train_images, val_images = len(splits.train_labels), len(splits.val_labels)
 
     runs = listed_runs()
-    distinct = {cost_key(run, device, torch.get_num_threads()): run for run, _ in runs}
+    threads = torch.get_num_threads()
+    distinct = {cost_key(run, device, threads): run for run, _ in runs}
     measure.log(f"--- {len(distinct)} training steps for {len(runs)} runs, {args.rounds} interleaved rounds")
     measured = interleaved_rates(
         list(distinct.values()),
@@ -74,10 +75,10 @@ def main(argv=None) -> None:
     )
     rates = dict(zip(distinct, measured))
 
-    report_rate = measure.mean_std(rates[cost_key(REPORT_FINAL, device, torch.get_num_threads())])[0]
+    report_rate = measure.mean_std(rates[cost_key(REPORT_FINAL, device, threads)])[0]
     rows = []
     for run, names in runs:
-        samples = rates[cost_key(run, device, torch.get_num_threads())]
+        samples = rates[cost_key(run, device, threads)]
         rate, std = measure.mean_std(samples)
         m = run.model
         rows.append(

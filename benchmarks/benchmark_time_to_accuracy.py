@@ -35,12 +35,13 @@ from tabulate import tabulate
 from torch import nn
 
 from emnist_utils.core.data import data_location, load_emnist
-from emnist_utils.core.evaluation import accuracy, choose_adjustment, logit_adjustment, predict_logits
+from emnist_utils.core.evaluation import accuracy, logit_adjustment, predict_logits
 from emnist_utils.core.registry import build_model, count_parameters
 from emnist_utils.core.splits import make_splits
 from emnist_utils.core.training import fit, input_normalisation, pick_device, seed_everything
 from emnist_utils.experiments.plan import estimate_seconds, measure_throughput
 from emnist_utils.experiments.recipes import NAMED_RUNS
+from emnist_utils.experiments.store import validation_metrics
 from emnist_utils.experiments.trials import REPORT_FINAL
 
 MAX_PARAMETERS = 1_000_000
@@ -119,7 +120,7 @@ def project_run(name: str, splits, target: float, seed: int, device: torch.devic
         """Test accuracy with the logit adjustment a trained-model file of this run would apply: its strength
         chosen on the validation part (balanced accuracy when the test split is balanced), never on the test."""
         val_logits = predict_logits(m, splits.val_images, mean, std, device=device)
-        strength, _ = choose_adjustment(val_logits, splits.val_labels.cpu(), prior, balanced=splits.test_is_balanced)
+        strength = validation_metrics(val_logits, splits)["adjustment_strength"]  # the store's rule
         logits = predict_logits(m, splits.test_images, mean, std, device=device) + logit_adjustment(prior, strength)
         return accuracy(logits.argmax(1), splits.test_labels)
 

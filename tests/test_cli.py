@@ -413,6 +413,13 @@ def test_train_evaluate_and_train_again_from_the_cache(tmp_path, capsys, monkeyp
     assert second == first  # the same run, the same numbers (its recorded training time included)
 
 
+def test_an_accelerator_this_machine_lacks_is_one_line_for_every_command(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for command in (["train", "--recipe", "fast"], ["trials", "--tables", "1.1"], ["notebooks", "--plan"]):
+        rc, _, err = run(capsys, *command, "--profile", "smoke", "--device", "cuda", *STANDIN)
+        assert rc == 2 and "this machine has no CUDA GPU; use --device cpu" in one_error_line(err), command
+
+
 def test_trials_trains_one_trial(capsys, monkeypatch):
     trainings = record_calls(monkeypatch, store_module, "train_run")
     rc, out, err = run(capsys, "trials", "--tables", "1.1", "--trials", "1", *SMALL, *STANDIN)

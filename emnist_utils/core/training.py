@@ -53,6 +53,19 @@ def pick_device(prefer: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def require_available(device: torch.device) -> torch.device:
+    """`device` if this machine has it. An accelerator asked for by name on a machine without it is refused here,
+    with the fix, rather than failing at the first tensor moved to it."""
+    mps = getattr(torch.backends, "mps", None)
+    missing = (device.type == "cuda" and not torch.cuda.is_available()) or (
+        device.type == "mps" and not (mps is not None and mps.is_available())
+    )
+    if missing:
+        kind = "CUDA GPU" if device.type == "cuda" else "Apple MPS device"
+        raise ConfigError(f"device {device} was asked for, but this machine has no {kind}; use --device cpu")
+    return device
+
+
 def seed_everything(seed: int) -> None:
     """Seed every generator a run touches; CPU runs are then bit-for-bit repeatable."""
     random.seed(seed)

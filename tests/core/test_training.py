@@ -253,6 +253,19 @@ def test_pick_device(monkeypatch):
         T.pick_device("gpu-please")
 
 
+def test_require_available_refuses_an_accelerator_this_machine_lacks(monkeypatch):
+    assert T.require_available(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA GPU; use --device cpu"):
+        T.require_available(torch.device("cuda:1"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert T.require_available(torch.device("cuda")) == torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None:
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+        with pytest.raises(ConfigError, match="no Apple MPS device"):
+            T.require_available(torch.device("mps"))
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
