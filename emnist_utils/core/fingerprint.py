@@ -7,7 +7,10 @@ constants and tables such as `ACTIVATIONS`, across imports. Each definition is h
 with docstrings removed, so editing a comment or a docstring keeps the fingerprint and anything else changes
 it. The result maps each definition's qualified name to its hash, which lets a refusal name what changed.
 
-It reads the package's source files, not the live objects, so the tests can fingerprint an edited copy.
+It reads the package's source files, not the live objects, so the tests can fingerprint an edited copy. The
+syntax trees are written out by `canonical_dump`, not `ast.dump`, because `ast.dump`'s output changes between
+Python versions for the same source (3.12 adds `type_params=[]` to every function and class, 3.13 leaves empty
+lists out): a model trained under one Python must load under another.
 """
 
 from __future__ import annotations
@@ -42,6 +45,32 @@ def _strip_docstrings(node: ast.AST) -> ast.AST:
             ):
                 child.body = body[1:] or [ast.Pass()]
     return node
+
+
+# Fields that newer Pythons added to the syntax tree; left out while empty, so a tree reads the same as it did
+# under Python 3.11 (whose `ast.dump` output `canonical_dump` reproduces).
+_NEWER_FIELDS = frozenset({"type_params"})
+# Required fields that may hold None (the literal None); every other None is an absent optional field.
+_NONE_VALUES = {"Constant": "value", "MatchSingleton": "value"}
+
+
+def canonical_dump(node) -> str:
+    """The syntax tree as text, the same under every Python version from 3.11: what Python 3.11's
+    `ast.dump(node, include_attributes=False)` writes, independent of the running version's `ast.dump`."""
+    if isinstance(node, ast.AST):
+        parts = []
+        kind = type(node).__name__
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if name in _NEWER_FIELDS and not value:
+                continue
+            if value is None and _NONE_VALUES.get(kind) != name:
+                continue
+            parts.append(f"{name}={canonical_dump(value)}")
+        return f"{kind}({', '.join(parts)})"
+    if isinstance(node, list):
+        return "[" + ", ".join(canonical_dump(x) for x in node) + "]"
+    return repr(node)
 
 
 def _targets(stmt: ast.stmt) -> list[str]:
@@ -157,7 +186,7 @@ class Fingerprinter:
                     continue
                 raise KeyError(f"{qualified} is not defined in {self.package_dir}")
             nodes = module.definitions[name]
-            dumped = [ast.dump(_strip_docstrings(copy.deepcopy(n)), include_attributes=False) for n in nodes]
+            dumped = [canonical_dump(_strip_docstrings(copy.deepcopy(n))) for n in nodes]
             result[qualified] = hashlib.sha256("\n".join(dumped).encode()).hexdigest()[:16]
             todo.extend(self._references(module, nodes))
         # Names are reported relative to the package, so copies of it in other folders compare equal.

@@ -4,12 +4,23 @@ unrelated code do not."""
 
 from __future__ import annotations
 
+import ast
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from emnist_utils.core.fingerprint import PACKAGE_DIR, Fingerprinter, changed, code_fingerprint, combine
+from emnist_utils.core.fingerprint import (
+    PACKAGE_DIR,
+    Fingerprinter,
+    canonical_dump,
+    changed,
+    code_fingerprint,
+    combine,
+)
 from emnist_utils.experiments.spec import TRAINING_ROOTS, TRAINING_STOP
 
 GELU = [("emnist_utils.core.variants", "GELUStack")]
@@ -248,3 +259,71 @@ def test_a_new_module_level_name_used_by_a_definition_is_followed(package, befor
     base = after["gelu"]
     edit(package, "emnist_utils.core.variants", "KERNEL = 5", "KERNEL = 3")
     assert changed(base, fingerprints(package)["gelu"]) == ["emnist_utils.core.variants.KERNEL"]
+
+
+# ----------------------------------------------------------------------------- the same under every Python
+
+
+def _package_trees():
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        yield path, ast.parse(path.read_text())
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="reproduces Python 3.11's ast.dump")
+def test_canonical_dump_reproduces_python_3_11_ast_dump_for_the_whole_package():
+    for path, tree in _package_trees():
+        assert canonical_dump(tree) == ast.dump(tree, include_attributes=False), path
+
+
+def _as_newer_python(tree: ast.AST, type_params: list) -> ast.AST:
+    """The tree as Python 3.12+ builds it: functions and classes carry a `type_params` field."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            base = type(node)
+            fields = base._fields if "type_params" in base._fields else (*base._fields, "type_params")
+            node.__class__ = type(base.__name__, (base,), {"_fields": fields})
+            node.type_params = list(type_params)
+    return tree
+
+
+def test_an_empty_type_params_field_of_newer_pythons_leaves_the_dump_unchanged():
+    source = "class A(B):\n    def f(self, x=None):\n        return [x, None]\n\nasync def g():\n    pass\n"
+    plain = canonical_dump(ast.parse(source))
+    assert canonical_dump(_as_newer_python(ast.parse(source), [])) == plain
+    assert canonical_dump(_as_newer_python(ast.parse(source), [ast.Name(id="T")])) != plain  # real generics count
+
+
+def test_the_literal_none_is_kept_and_absent_optional_fields_are_left_out():
+    assert canonical_dump(ast.parse("x = None")) != canonical_dump(ast.parse("x = 0"))
+    assert "returns" not in canonical_dump(ast.parse("def f(): pass"))
+    assert "returns=Name" in canonical_dump(ast.parse("def f() -> int: pass"))
+
+
+def _other_pythons() -> list[str]:
+    found = {shutil.which(f"python3.{minor}") for minor in range(12, 16)}
+    found |= {str(p) for p in Path.home().glob(".pyenv/versions/3.1[2-9]*/bin/python")}
+    return sorted(p for p in found if p and "/shims/" not in p)  # a pyenv shim may point to no interpreter
+
+
+FINGERPRINT_ELSEWHERE = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("fp", sys.argv[1])
+fp = importlib.util.module_from_spec(spec)
+sys.modules["fp"] = fp
+spec.loader.exec_module(fp)
+roots = json.loads(sys.argv[3])
+print(fp.combine(fp.Fingerprinter(fp.Path(sys.argv[2])).fingerprint([tuple(r) for r in roots[0]], frozenset(roots[1]))))
+"""
+
+
+@pytest.mark.skipif(not _other_pythons(), reason="no other Python 3.12+ interpreter on this machine")
+@pytest.mark.parametrize("python", _other_pythons())
+def test_another_python_version_computes_the_same_fingerprint(python):
+    roots = json.dumps([TRAINING_ROOTS, sorted(TRAINING_STOP)])
+    result = subprocess.run(
+        [python, "-c", FINGERPRINT_ELSEWHERE, str(PACKAGE_DIR / "core" / "fingerprint.py"), str(PACKAGE_DIR), roots],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == combine(code_fingerprint(TRAINING_ROOTS, TRAINING_STOP))
