@@ -289,9 +289,11 @@ def plot_pareto(
     title: str = "",
     xlabel: str = "",
     ylabel: str = "",
+    note: str | None = None,
 ) -> plt.Figure:
     """Accuracy against cost, one labelled point per model, the Pareto front (no other point is both cheaper
-    and more accurate) as a line, and the chosen model circled. `points` is a DataFrame."""
+    and more accurate) as a line, and the chosen model circled. `points` is a DataFrame; `note` names a column
+    printed under each label where it is not empty (e.g. what the run really took on a GPU)."""
     fig, ax = plt.subplots(figsize=(9, 5.5))
     data = points.sort_values(x)
     front, best = [], -np.inf
@@ -303,7 +305,8 @@ def plot_pareto(
     if front:
         ax.plot([r[x] for r in front], [r[y] for r in front], "--", color="tab:orange", label="Pareto front", zorder=2)
     for _, row in data.iterrows():
-        ax.annotate(str(row[label]), (row[x], row[y]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        text = str(row[label]) + (f"\n{row[note]}" if note and row[note] else "")
+        ax.annotate(text, (row[x], row[y]), textcoords="offset points", xytext=(10, 4), fontsize=8, va="top")
         if chosen is not None and row[label] == chosen:
             ax.scatter(
                 [row[x]],
@@ -316,6 +319,11 @@ def plot_pareto(
                 zorder=4,
             )
     ax.set_xscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 4, 6, 10, 20 rather than 4x10^0
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.margins(x=0.15, y=0.12)
     ax.set(xlabel=xlabel or x, ylabel=ylabel or y, title=title)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -299,6 +299,7 @@ def candidate_table(
                 "val_balanced_acc_adjusted_%": round(r.metrics["val_balanced_acc_adjusted"], 2),
                 "trained_on": r.device,
                 "train_minutes_as_run": round(r.train_seconds / 60, 1),
+                "as_run": f"{r.train_seconds / 60:.1f} min as run on {r.device}",
             }
         )
     return pd.DataFrame(rows)

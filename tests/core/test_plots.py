@@ -166,6 +166,14 @@ def test_pareto_front_joins_the_points_no_other_point_beats():
     assert list(front[0].get_xdata()) == [1.0, 4.0] and list(front[0].get_ydata()) == [85.0, 88.0]
 
 
+def test_pareto_prints_a_note_under_the_labels_that_have_one():
+    points = pd.DataFrame(
+        {"label": ["a", "b"], "cpu_minutes": [1.0, 4.0], "val_balanced_acc": [85.0, 88.0], "gpu": ["", "2 min"]}
+    )
+    texts = [t.get_text() for t in P.plot_pareto(points, note="gpu").axes[0].texts]
+    assert sorted(texts) == ["a", "b\n2 min"]
+
+
 def _small_figure():
     fig, ax = plt.subplots(figsize=(2, 2))
     ax.plot([0, 1, 2], [1, 0, 2])
