@@ -31,7 +31,7 @@ from torch import nn
 from emnist_utils.core.data import data_location, load_emnist
 from emnist_utils.core.registry import build_model
 from emnist_utils.core.splits import Batches, make_splits
-from emnist_utils.core.training import autocast_context, make_optimizer, pick_device, seed_everything
+from emnist_utils.core.training import autocast_context, make_optimizer, seed_everything
 from emnist_utils.experiments.trials import REPORT_FINAL
 
 
@@ -128,7 +128,7 @@ def main(argv=None) -> None:
     measure.interleaved_options(p, "lever", rounds=5, steps=10, warmup=5)
     p.add_argument("--compile", action="store_true", help="also time torch.compile (compiles for tens of seconds)")
     args = measure.parse(p, argv)
-    device, info = measure.start(args, pick_device)
+    device, info = measure.start(args)
     batch = 32 if args.quick else REPORT_FINAL.recipe.batch_size
     data = load_emnist(*data_location(args.data, args.split), download=False)
     splits = make_splits(data, args.seed)  # the normalisation of the whole training split; one batch is used

@@ -31,7 +31,6 @@ from tabulate import tabulate
 from emnist_utils.core.data import data_location, load_emnist
 from emnist_utils.core.registry import build_model, count_parameters, multiply_adds
 from emnist_utils.core.splits import make_splits
-from emnist_utils.core.training import pick_device
 from emnist_utils.experiments import beyond
 from emnist_utils.experiments.plan import cost_key, estimate_seconds, interleaved_rates
 from emnist_utils.experiments.recipes import NAMED_RUNS
@@ -54,7 +53,7 @@ def main(argv=None) -> None:
     p = measure.parser(__doc__, all_cores=True)
     measure.interleaved_options(p, "model", rounds=5, steps=5, warmup=2)
     args = measure.parse(p, argv)
-    device, info = measure.start(args, pick_device)
+    device, info = measure.start(args)
     data = load_emnist(*data_location(args.data, args.split), download=False)
     splits = make_splits(data, args.seed)
     del data

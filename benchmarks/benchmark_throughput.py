@@ -35,7 +35,7 @@ from emnist_utils.core.data import data_location, load_emnist
 from emnist_utils.core.evaluation import accuracy, evaluate_split, predict_logits
 from emnist_utils.core.registry import build_model
 from emnist_utils.core.splits import make_splits
-from emnist_utils.core.training import fit, pick_device, seed_everything
+from emnist_utils.core.training import fit, seed_everything
 from emnist_utils.experiments.trials import REPORT_FINAL
 
 QUICK_LIMITS = {
@@ -276,7 +276,7 @@ def main(argv=None) -> None:
         args.epochs, args.eval_repeats, args.warmup_batches = 2, 2, 1
     if args.epochs < 1 or args.eval_repeats < 1:
         p.error("--epochs and --eval-repeats must be at least 1")
-    device, info = measure.start(args, pick_device)
+    device, info = measure.start(args)
     root, split = data_location(args.data, args.split)
     data = load_emnist(root, split, download=False)
     limits = QUICK_LIMITS if args.quick else {}

@@ -38,7 +38,7 @@ from emnist_utils.core.data import data_location, load_emnist
 from emnist_utils.core.evaluation import accuracy, logit_adjustment, predict_logits
 from emnist_utils.core.registry import build_model, count_parameters
 from emnist_utils.core.splits import make_splits
-from emnist_utils.core.training import fit, input_normalisation, pick_device, seed_everything
+from emnist_utils.core.training import fit, input_normalisation, seed_everything
 from emnist_utils.experiments.plan import estimate_seconds, measure_throughput
 from emnist_utils.experiments.recipes import NAMED_RUNS
 from emnist_utils.experiments.store import validation_metrics
@@ -236,7 +236,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.quick:
         args.report_epochs = 1
-    device, info = measure.start(args, pick_device)
+    device, info = measure.start(args)
     root, split = data_location(args.data, args.split)
     data = load_emnist(root, split, download=False)
     splits = make_splits(data, args.seed, **(QUICK_LIMITS if args.quick else {}))

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from emnist_utils.core.training import available_device
 from emnist_utils.experiments.plan import machine_description
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -261,10 +262,11 @@ def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     return args
 
 
-def start(args: argparse.Namespace, pick_device: Callable) -> tuple[torch.device, dict]:
-    """Threads, device and the machine's description for a benchmark run; says when the machine is busy."""
+def start(args: argparse.Namespace) -> tuple[torch.device, dict]:
+    """Threads, device (refused with one line if this machine lacks it, as in every command) and the machine's
+    description for a benchmark run; says when the machine is busy."""
     set_threads(args.threads)
-    device = pick_device(args.device)
+    device = available_device(args.device)
     info = machine(device)
     if busy_warning(info):
         log(busy_warning(info))

@@ -22,7 +22,7 @@ from .core.recognition import recognise_files
 from .core.registry import ConfigError
 from .core.splits import make_splits
 from .core.trained_model import ModelFileError, TrainedModel
-from .core.training import pick_device, require_available
+from .core.training import available_device
 from .experiments import beyond
 from .experiments.profiles import PROFILES, get_profile
 from .experiments.recipes import NAMED_RUNS
@@ -230,13 +230,8 @@ def _data(args):
     return load_emnist(args.data, args.split, allow_unverified=args.allow_unverified or None)
 
 
-def _device(name: str | None) -> torch.device:
-    """The device a command runs on: pick_device's choice, refused with one line if this machine lacks it."""
-    return require_available(pick_device(name))
-
-
 def _machine(args) -> tuple[torch.device, int]:
-    device = _device(args.device)
+    device = available_device(args.device)
     return device, parse_jobs(args.jobs, device)
 
 
@@ -248,7 +243,7 @@ def cmd_data(args) -> int:
 def cmd_train(args) -> int:
     profile = get_profile(args.profile)
     data = _data(args)
-    device = _device(args.device)
+    device = available_device(args.device)
     splits = make_splits(data, 0, **profile.limits())
     spec = NAMED_RUNS[args.recipe].with_(seed=args.seed).bind(splits, profile)
     store = Store()
@@ -285,7 +280,7 @@ def cmd_evaluate(args) -> int:
     model = TrainedModel.load(resolve(args.weights), allow_code_change=args.allow_code_change)
     data = _data(args)
     model.check_classes(data.classes, f"emnist-{data.split}")
-    device = _device(args.device)
+    device = available_device(args.device)
     result = report(model.predict(data.test_images, device=device), data.test_labels, data.classes)
     trained_on = model.provenance
     same = trained_on.get("checksum") == data.checksum
@@ -369,7 +364,7 @@ def cmd_notebooks(args) -> int:
 def cmd_predict(args) -> int:
     if args.top < 1:
         raise ConfigError(f"--top must be at least 1, got {args.top}")
-    device = _device(args.device or os.environ.get("EMNIST_DEVICE") or "cpu")  # one picture: the CPU is enough
+    device = available_device(args.device or os.environ.get("EMNIST_DEVICE") or "cpu")  # one picture: the CPU is enough
     weights = resolve(args.weights)
     if not weights.is_file():
         raise ModelFileError(

@@ -31,7 +31,7 @@ from .core.registry import ConfigError, ModelSpec, build_model
 from .core.reporting import stamp, write_json, write_table
 from .core.splits import Splits, make_splits
 from .core.trained_model import TrainedModel
-from .core.training import pick_device, require_available
+from .core.training import available_device
 from .experiments import beyond
 from .experiments.plan import Calibration
 from .experiments.profiles import Profile, get_profile
@@ -197,7 +197,7 @@ def start(
     for folder, what in ((output / "figures", "figures folder"), (output / "results", "results folder")):
         ensure_writable(folder, what)
     store.check_writable()
-    dev = require_available(pick_device(device))
+    dev = available_device(device)
     data = load_emnist(data_dir, split)
     splits = make_splits(data, seed, **prof.limits())
     print(f"profile: {prof.name} | seed: {seed} | device: {dev.type} | outputs: {shown(output) or '.'}")

@@ -66,6 +66,12 @@ def require_available(device: torch.device) -> torch.device:
     return device
 
 
+def available_device(prefer: str | None = None) -> torch.device:
+    """The device a command, notebook or benchmark runs on: `pick_device`'s choice, refused with one line (and
+    the fix) when it names an accelerator this machine lacks."""
+    return require_available(pick_device(prefer))
+
+
 def seed_everything(seed: int) -> None:
     """Seed every generator a run touches; CPU runs are then bit-for-bit repeatable."""
     random.seed(seed)

@@ -266,6 +266,17 @@ def test_require_available_refuses_an_accelerator_this_machine_lacks(monkeypatch
             T.require_available(torch.device("mps"))
 
 
+def test_available_device_is_pick_device_refusing_what_this_machine_lacks(monkeypatch):
+    monkeypatch.delenv("EMNIST_DEVICE", raising=False)
+    assert T.available_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA GPU; use --device cpu"):
+        T.available_device("cuda")
+    monkeypatch.setenv("EMNIST_DEVICE", "cuda")  # the environment's choice is checked too
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        T.available_device()
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
