@@ -393,11 +393,11 @@ def test_train_evaluate_and_train_again_from_the_cache(tmp_path, capsys, monkeyp
     # the file carries the prior correction chosen on validation (the stand-in's training split is imbalanced)
     saved = TrainedModel.load(weights)
     strength = float(first.split("logit adjustment strength ")[1].split(",")[0])
-    assert strength > 0 and saved.adjustment is not None
+    assert strength > 0 and saved.adjustment is not None and saved.adjustment.strength == strength
     # -strength * log(prior of the training part): rare classes raised, common ones lowered; the training part is a
     # random subset, so its prior follows the whole training split's closely
     log_prior = np.log(standin_facts["per_class"]["train"] / standin_facts["counts"]["train"])
-    assert np.corrcoef(saved.adjustment, log_prior)[0, 1] < -0.9
+    assert np.corrcoef(saved.adjustment.vector(), log_prior)[0, 1] < -0.9
 
     rc, out, err = run(capsys, "evaluate", "--weights", weights, *STANDIN)
     assert rc == 0, err

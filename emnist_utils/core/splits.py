@@ -40,6 +40,13 @@ def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.bincount(labels.cpu(), minlength=num_classes)
 
 
+def prior_from_counts(counts) -> torch.Tensor:
+    """Class frequencies from class counts, as every prior here is computed (so that a trained-model file that stores
+    the counts derives exactly the adjustment its training chose)."""
+    counts = torch.as_tensor(counts).to(torch.float64)
+    return (counts / counts.sum()).to(torch.float32)
+
+
 def is_balanced(labels: torch.Tensor, num_classes: int) -> bool:
     """True when every class has the same number of examples (EMNIST balanced, and every test split here)."""
     counts = class_counts(labels, num_classes)
@@ -74,8 +81,7 @@ class Splits:
 
     def train_prior(self) -> torch.Tensor:
         """Class frequencies of the training part (what an unweighted model learns to expect)."""
-        counts = class_counts(self.train_labels, self.num_classes).to(torch.float64)
-        return (counts / counts.sum()).to(torch.float32)
+        return prior_from_counts(class_counts(self.train_labels, self.num_classes))
 
     @property
     def test_is_balanced(self) -> bool:

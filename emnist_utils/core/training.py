@@ -9,6 +9,7 @@ history an uninterrupted run with the same seed would have produced.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import math
 import os
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .augment import AUGMENTATIONS, get_augmentation
 from .evaluation import evaluate_split
-from .paths import write_bytes_atomic
+from .paths import atomic_path
 from .registry import ConfigError
 from .splits import SAMPLINGS, Batches, Splits, class_counts, is_balanced, sampling_weights
 
@@ -304,27 +305,129 @@ def train_one_epoch(
 # ----------------------------------------------------------------------------- checkpoints
 
 
+def previous_checkpoint(path: Path) -> Path:
+    """Where the checkpoint before the last one is kept: the one resumed from when the last is damaged."""
+    return path.with_name(path.stem + ".previous" + path.suffix)
+
+
+def checkpoint_files(path: Path) -> list[Path]:
+    """Every file a run's checkpointing may leave: the last checkpoint, the one before, and a set-aside one."""
+    return [path, previous_checkpoint(path), set_aside_path(path)]
+
+
+def set_aside_path(path: Path) -> Path:
+    return path.with_name(path.name + ".damaged")
+
+
+def state_checksum(state) -> str:
+    """sha256 over every tensor (dtype, shape and bytes) and every other value of a checkpoint, in a fixed order:
+    a bit flipped anywhere in the weights, or an epoch that no longer matches them, changes it. (The zip format
+    `torch.save` writes checks no checksum of its own when read.)"""
+    digest = hashlib.sha256()
+
+    def walk(value, where: str) -> None:
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{where}:tensor:{value.dtype}:{tuple(value.shape)}:".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            digest.update(f"{where}:dict:{len(value)}:".encode())
+            for k in sorted(value, key=repr):
+                walk(value[k], f"{where}.{k!r}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"{where}:{type(value).__name__}:{len(value)}:".encode())
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+        else:
+            digest.update(f"{where}:{type(value).__name__}:{value!r}:".encode())
+
+    walk(state, "")
+    return digest.hexdigest()
+
+
+def _tensors(value, where: str = ""):
+    """(name, tensor) of every tensor in a nested state."""
+    if isinstance(value, torch.Tensor):
+        yield where, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _tensors(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _tensors(v, f"{where}[{i}]")
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write a checkpoint atomically. It holds tensors, numbers, strings, lists and dicts only, so it loads
-    with `torch.load(weights_only=True)`, which never executes code from the file."""
+    """Write a checkpoint atomically, with the checksum of its contents, keeping the previous one beside it (what a
+    resume falls back to when the last is damaged). It holds tensors, numbers, strings, lists and dicts only, so
+    it loads with `torch.load(weights_only=True)`, which never executes code from the file."""
     buffer = io.BytesIO()
-    torch.save(state, buffer)
-    write_bytes_atomic(path, buffer.getvalue())
+    torch.save({**state, "checksum": state_checksum(state)} if isinstance(state, dict) else state, buffer)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        if path.is_file():
+            os.replace(path, previous_checkpoint(path))
+
+
+def _set_aside(path: Path, why: str) -> None:
+    """Move a damaged checkpoint out of the way (kept for inspection, never resumed from) with one warning."""
+    target = set_aside_path(path)
+    try:
+        os.replace(path, target)
+        where = f"moved to {target.name}"
+    except OSError as exc:
+        where = f"could not be moved aside ({exc.strerror or exc}); ignored"
+    warnings.warn(f"checkpoint {path} set aside: {why}; {where}")
 
 
 def load_checkpoint(path: Path, key: str) -> dict | None:
-    """The checkpoint at `path` if it is intact and belongs to this run (same key), else None."""
+    """The checkpoint at `path` if it is intact and belongs to this run (same key), else None. A checkpoint that
+    cannot be read, fails its checksum, or holds NaN or infinite values is set aside with one warning."""
+    if not path.exists():
+        return None
     if not path.is_file():
+        warnings.warn(f"ignoring checkpoint {path}: not a regular file")
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a torn, foreign or code-carrying file: start again rather than trust it
-        warnings.warn(f"ignoring unreadable checkpoint {path} ({str(exc).splitlines()[0]}); training from scratch")
+    except Exception as exc:  # empty, torn, foreign or code-carrying file: never trusted
+        text = str(exc).strip()
+        reason = text.splitlines()[0][:200] if text else type(exc).__name__
+        _set_aside(path, f"unreadable checkpoint ({reason})")
         return None
     if not isinstance(state, dict) or state.get("key") != key:
         warnings.warn(f"ignoring checkpoint {path}: it belongs to a different run")
         return None
+    recorded = state.pop("checksum", None)
+    if recorded != state_checksum(state):
+        _set_aside(path, "its contents fail their checksum (damaged, or edited after it was written)")
+        return None
+    for name, tensor in _tensors(state):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            _set_aside(path, f"tensor {name} holds NaN or infinite values")
+            return None
+    try:
+        epochs = History.from_dict(state["history"]).epochs
+        consistent = isinstance(state["epoch"], int) and state["epoch"] == epochs > 0
+    except (KeyError, TypeError, ValueError, AttributeError):
+        consistent = False
+    if not consistent:
+        _set_aside(path, f"its epoch ({state.get('epoch')!r}) does not match its history")
+        return None
     return state
+
+
+def resume_state(path: Path, key: str) -> dict | None:
+    """The last good checkpoint of the run: the last one, else the one before it (the last one being damaged or
+    missing), else None (train from the start). Either way the run ends with the weights of an uninterrupted one."""
+    for candidate in (path, previous_checkpoint(path)):
+        state = load_checkpoint(candidate, key)
+        if state is not None:
+            return state
+    return None
 
 
 EpochCallback = Callable[[int, History], None]
@@ -380,7 +483,7 @@ def fit(
     ema = make_ema(model, recipe)
     history, start_epoch = History(), 0
 
-    state = load_checkpoint(checkpoint, run_key) if checkpoint is not None else None
+    state = resume_state(checkpoint, run_key) if checkpoint is not None else None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

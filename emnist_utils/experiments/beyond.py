@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from ..core.evaluation import TTA_SHIFTS, accuracy, balanced_accuracy, logit_adjustment
+from ..core.evaluation import TTA_SHIFTS, accuracy, balanced_accuracy
 from ..core.registry import ModelSpec, build_model, count_parameters
-from ..core.trained_model import TrainedModel
+from ..core.splits import class_counts
+from ..core.trained_model import LogitAdjustment, TrainedModel
 from .profiles import Profile
 from .spec import RunSpec
 from .store import RunResult
@@ -257,8 +258,9 @@ def with_chosen_prediction(run: RunResult, splits, tta: bool | None = None) -> t
     whose strength the run's validation chose, and test-time shifts if they raise the validation score (or as
     `tta` says). Returns the model and the validation scores behind the choice."""
     model = run.trained_model
-    prior = splits.train_prior()
-    adjustment = logit_adjustment(prior, run.metrics["adjustment_strength"]).tolist()
+    adjustment = LogitAdjustment(
+        tuple(class_counts(splits.train_labels, splits.num_classes).tolist()), run.metrics["adjustment_strength"]
+    )
     balanced = splits.test_is_balanced
     scores = {}
     for name, shifts in (("adjusted", ((0, 0),)), ("adjusted_tta", TTA_SHIFTS)):

@@ -2,7 +2,8 @@
 
 The key covers every field by value and a fingerprint of all code that can change the result: the
 architecture's class and what it uses, the training loop, batching and normalisation, augmentation, the split
-rule and the evaluation stored with the run. Renaming a run, or editing a comment or docstring, keeps the key;
+rule, the evaluation stored with the run, and the code that turns the trained network into the run's
+trained-model file (what is stored, and how). Renaming a run, or editing a comment or docstring, keeps the key;
 any other change makes a new one, so a stale cached result is never served.
 """
 
@@ -21,6 +22,9 @@ from .profiles import Profile
 # Where training starts: every definition these reach is part of each run's key. The registry's table of all
 # architectures is left out; each run adds the fingerprint of its own architecture instead.
 TRAINING_ROOTS = [("emnist_utils.experiments.store", "train_run"), ("emnist_utils.core.splits", "make_splits")]
+# What turns a trained network into the run's trained-model file (normalisation, classes, what is stored and how):
+# an edit there changes what a cached run delivers, so it is part of the key too.
+DELIVERY_ROOTS = [("emnist_utils.experiments.store", "Store"), ("emnist_utils.core.trained_model", "TrainedModel")]
 TRAINING_STOP = frozenset(
     {
         "emnist_utils.core.registry.ARCHITECTURES",  # each run adds its own architecture's
@@ -34,6 +38,11 @@ TRAINING_STOP = frozenset(
 def training_fingerprint() -> dict[str, str]:
     """{definition: hash} of the code every run shares (training loop, batching, split rule, ...)."""
     return code_fingerprint(TRAINING_ROOTS, TRAINING_STOP)
+
+
+def delivery_fingerprint() -> dict[str, str]:
+    """{definition: hash} of the code that makes and writes a run's trained-model file."""
+    return code_fingerprint(DELIVERY_ROOTS, TRAINING_STOP)
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,7 @@ class RunSpec:
             **settings,
             "code": {
                 "training": combine(training_fingerprint()),
+                "delivery": combine(delivery_fingerprint()),
                 "architecture": combine(architecture_fingerprint(self.model.arch)),
             },
         }

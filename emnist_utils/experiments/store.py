@@ -32,7 +32,7 @@ from ..core.paths import cache_dir, ensure_writable, require_free_space, write_t
 from ..core.registry import build_model, count_parameters
 from ..core.splits import Splits
 from ..core.trained_model import TrainedModel
-from ..core.training import History, fit, input_normalisation, pick_device, seed_everything
+from ..core.training import History, checkpoint_files, fit, input_normalisation, pick_device, seed_everything
 from .spec import RunSpec
 
 EpochCallback = Callable[[int, History], None]
@@ -183,6 +183,29 @@ def write_entry(path: Path, payload: dict) -> None:
 
 
 @contextmanager
+def unless_locked(lock_path: Path):
+    """Hold `lock_path`'s exclusive lock if nobody holds it (yields True), else yield False at once. A lock file that
+    does not exist is nobody's (yields True without creating it)."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR)
+    except FileNotFoundError:
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
 def exclusive(lock_path: Path, waiting_message: str = ""):
     """Hold an exclusive lock on `lock_path` (POSIX advisory lock, released when the process dies)."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,6 +229,31 @@ class Store:
     def __init__(self, root: Path | None = None):
         self.root = Path(root) if root is not None else cache_dir()
         self.trained_here = 0  # runs this object trained (the tests and the main job check it)
+        self.swept = self.sweep_temporaries()
+
+    def sweep_temporaries(self) -> list[Path]:
+        """Remove the temporary files (`.<name>.<random>.tmp`) that writers killed mid-write left behind. Every file
+        of a run is written while its lock is held, so a temporary file whose run lock nobody holds has no running
+        writer: it is removed under that lock. A run being trained keeps its files. Returns what was removed."""
+        removed = []
+        for sub in ("runs", "models", "checkpoints"):
+            try:
+                stale = sorted(p for p in (self.root / sub).iterdir() if p.name.startswith(".") and p.suffix == ".tmp")
+            except OSError:  # no such folder yet, or not readable: nothing to sweep here
+                continue
+            for tmp in stale:
+                key = tmp.name[1:].split(".", 1)[0]
+                with unless_locked(self.paths(key)["lock"]) as nobody_writing:
+                    if not nobody_writing:
+                        continue
+                    try:
+                        tmp.unlink()
+                        removed.append(tmp)
+                    except FileNotFoundError:
+                        pass
+                    except OSError:
+                        continue  # a read-only cache: left as it is, and nothing is written there either
+        return removed
 
     def paths(self, key: str) -> dict[str, Path]:
         return {
@@ -249,8 +297,8 @@ class Store:
         hint = "Set EMNIST_CACHE to a writable folder."
         for sub in ("runs", "models", "checkpoints", "locks"):
             ensure_writable(self.root / sub, "results cache", hint)
-        # checkpoint (weights, two optimiser moments, a weight average) + model file + margin
-        require_free_space(self.root, 6 * 4 * parameters + 16 * 2**20, "results cache")
+        # two checkpoints (weights, two optimiser moments, a weight average) + model file + margin
+        require_free_space(self.root, 10 * 4 * parameters + 16 * 2**20, "results cache")
 
     def run(
         self,
@@ -281,7 +329,8 @@ class Store:
             if cached is not None:
                 return cached
             if retrain:
-                paths["checkpoint"].unlink(missing_ok=True)
+                for path in checkpoint_files(paths["checkpoint"]):
+                    path.unlink(missing_ok=True)
             device = torch.device(device) if device is not None else pick_device()
             started = time.perf_counter()
             trained = train_run(
@@ -313,7 +362,8 @@ class Store:
                 _model=model,
             )
             write_entry(paths["entry"], {**result.to_json(), "model_sha256": sha256_file(paths["model"])})
-            paths["checkpoint"].unlink(missing_ok=True)  # finished: the checkpoint is no longer needed
+            for path in checkpoint_files(paths["checkpoint"])[:2]:  # finished: no longer needed (a set-aside one stays)
+                path.unlink(missing_ok=True)
             self.trained_here += 1
             return result
 

@@ -13,12 +13,23 @@ import torch
 import torch.nn.functional as F
 from helpers import BALANCED_CLASSES, same_weights
 
+from emnist_utils.core.evaluation import logit_adjustment
 from emnist_utils.core.registry import ModelSpec, architecture_fingerprint, build_model
-from emnist_utils.core.trained_model import FORMAT, ModelFileError, TrainedModel
+from emnist_utils.core.splits import prior_from_counts
+from emnist_utils.core.trained_model import FORMAT, LogitAdjustment, ModelFileError, TrainedModel
 
 SPEC = ModelSpec("arch2", 4, 8, 16, 0.5)
 MEAN, STD = 0.17, 0.33
 PROVENANCE = {"dataset": "emnist-synth", "split": "synth", "checksum": "ab" * 32}
+# An imbalanced training split like the stand-in's (215 to 2,400 images per class) and a strength validation chooses
+COUNTS = tuple(215 + 47 * i for i in range(47))
+ADJUSTMENT = LogitAdjustment(COUNTS, 0.75)
+
+
+def expected_vector(counts=COUNTS, strength=0.75) -> torch.Tensor:
+    """The adjustment a file records, computed here from its counts: minus strength x log prior, centred."""
+    log_prior = torch.tensor(counts, dtype=torch.float64).div(sum(counts)).log()
+    return (-strength * (log_prior - log_prior.mean())).to(torch.float32)
 
 
 def make_model(spec: ModelSpec = SPEC, seed: int = 0, **kwargs) -> TrainedModel:
@@ -65,7 +76,7 @@ def rewrite(path, edit) -> None:
 
 
 def test_save_load_round_trip(tmp_path):
-    original = make_model(adjustment=[0.01 * i for i in range(47)], tta_shifts=((0, 0), (1, 0)))
+    original = make_model(adjustment=ADJUSTMENT, tta_shifts=((0, 0), (1, 0)))
     path = original.save(tmp_path / "sub" / "model.pt")
     loaded = TrainedModel.load(path)
     assert same_weights(original.model, loaded.model) and not loaded.model.training
@@ -175,19 +186,72 @@ def test_non_finite_tensors_are_refused_naming_the_tensor(tmp_path, damage):
     assert repr(name) in str(info.value) and str(path) in str(info.value)
 
 
-def test_negative_batchnorm_variance_is_refused(tmp_path):
+@pytest.mark.parametrize("variance", [-0.5, 0.0])
+def test_batchnorm_variance_that_is_not_positive_is_refused(tmp_path, variance):
     trained = make_model()
-    trained.model.batchnorm2.running_var[2] = -0.5
+    trained.model.batchnorm2.running_var[2] = variance
     path = trained.save(tmp_path / "m.pt")
-    with pytest.raises(ModelFileError, match="negative variances") as info:
+    with pytest.raises(ModelFileError, match="variances that are not positive") as info:
         TrainedModel.load(path)
-    assert "'batchnorm2.running_var'" in str(info.value)
+    assert "'batchnorm2.running_var'" in str(info.value) and str(path) in str(info.value)
 
 
-def test_non_finite_adjustment_is_refused(tmp_path):
-    path = make_model(adjustment=[0.0] * 46 + [float("nan")]).save(tmp_path / "m.pt")
-    with pytest.raises(ModelFileError, match="adjustment"):
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.float64])
+def test_weights_stored_with_another_dtype_are_refused(tmp_path, dtype):
+    """Issue 20: integer weights were silently converted on load and evaluated (2.13%, exit 0)."""
+    path = make_model().save(tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["fc1.weight"] = (payload["state_dict"]["fc1.weight"] * 100).to(dtype)
+    torch.save(payload, path)
+    with pytest.raises(ModelFileError) as info:
         TrainedModel.load(path)
+    message = str(info.value)
+    assert "'fc1.weight'" in message and str(dtype) in message and str(path) in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "adjustment, field",
+    [
+        ({"class_counts": list(COUNTS), "strength": 20.0}, "adjustment.strength"),
+        ({"class_counts": list(COUNTS), "strength": float("nan")}, "adjustment.strength"),
+        ({"class_counts": list(COUNTS), "strength": -0.5}, "adjustment.strength"),
+        ({"class_counts": [1] + [10**9] * 46, "strength": 1.0}, "adjustment.class_counts"),  # +20 for one class
+        ({"class_counts": [0] + list(COUNTS[1:]), "strength": 0.5}, "adjustment.class_counts"),
+        ({"class_counts": [2.5] * 47, "strength": 0.5}, "adjustment.class_counts"),
+        ({"class_counts": list(COUNTS[:46]), "strength": 0.5}, "adjustment.class_counts"),
+        ([20.0] + [0.0] * 46, "adjustment must record"),  # a vector, as format 2 stored it
+        ({"class_counts": list(COUNTS), "strength": 0.5, "vector": [20.0] * 47}, "adjustment must record"),
+    ],
+)
+def test_implausible_logit_adjustment_is_refused_naming_the_field(tmp_path, adjustment, field):
+    """Issue 20: a file whose adjustment was +20 for one class was evaluated and predicted (a few percent, exit 0).
+    The file now records the class counts and the strength, and every vector it can give is one training gives."""
+    path = make_model().save(tmp_path / "m.pt")
+    rewrite(path, lambda meta, state: meta["prediction"].update(adjustment=adjustment))
+    with pytest.raises(ModelFileError, match=field) as info:
+        TrainedModel.load(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("shifts", [[[14, 0]], [[0, 0], [0, -2]], [], [["a", 0]]])
+def test_implausible_test_time_shifts_are_refused(tmp_path, shifts):
+    """Issue 20: a file asking for a 14-pixel test-time shift was evaluated (a few percent, exit 0)."""
+    path = make_model().save(tmp_path / "m.pt")
+    rewrite(path, lambda meta, state: meta["prediction"].update(tta_shifts=shifts))
+    with pytest.raises(ModelFileError, match="tta_shifts") as info:
+        TrainedModel.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_the_adjustment_is_derived_from_the_recorded_prior_and_strength(tmp_path):
+    path = make_model(adjustment=ADJUSTMENT).save(tmp_path / "m.pt")
+    stored = json.loads(torch.load(path, weights_only=True)["metadata"])["prediction"]["adjustment"]
+    assert stored == {"class_counts": list(COUNTS), "strength": 0.75}  # no vector in the file
+    loaded = TrainedModel.load(path)
+    assert torch.allclose(loaded.adjustment.vector(), expected_vector(), atol=1e-6)
+    # exactly what validation's choice computes from the training split's prior
+    prior = prior_from_counts(torch.tensor(COUNTS))
+    assert torch.equal(loaded.adjustment.vector(), logit_adjustment(prior, 0.75))
 
 
 def test_invalid_normalisation_is_refused(tmp_path):
@@ -310,12 +374,11 @@ def test_check_classes_refuses_the_same_classes_in_another_order():
 
 
 def test_logits_apply_the_stored_adjustment_unless_raw(tmp_path):
-    adjustment = [float(i % 5) - 2.0 for i in range(47)]
-    model = TrainedModel.load(make_model(adjustment=adjustment).save(tmp_path / "m.pt"))
+    model = TrainedModel.load(make_model(adjustment=ADJUSTMENT).save(tmp_path / "m.pt"))
     x = images()
     raw = expected_logits(model.model, x)
     assert torch.allclose(model.logits(x, raw=True), raw, atol=1e-5)
-    assert torch.allclose(model.logits(x), raw + torch.tensor(adjustment), atol=1e-5)
+    assert torch.allclose(model.logits(x), raw + expected_vector(), atol=1e-5)
     assert torch.equal(model.predict(x), model.logits(x).argmax(1))
 
 
@@ -331,41 +394,43 @@ def _shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 
 def test_logits_average_the_test_time_shifts_unless_raw(tmp_path):
     shifts = ((0, 0), (1, 0), (0, -1))
-    adjustment = [0.5] * 10 + [0.0] * 37
-    model = TrainedModel.load(make_model(tta_shifts=shifts, adjustment=adjustment).save(tmp_path / "m.pt"))
+    model = TrainedModel.load(make_model(tta_shifts=shifts, adjustment=ADJUSTMENT).save(tmp_path / "m.pt"))
     x = images()
     normalised = ((x.to(torch.float32) / 255.0 - MEAN) / STD).unsqueeze(1)
     with torch.no_grad():
         views = [F.log_softmax(model.model(_shift(normalised, dx, dy)), 1) for dx, dy in shifts]
-    expected = torch.stack(views).mean(0) + torch.tensor(adjustment)
+    expected = torch.stack(views).mean(0) + expected_vector()
     assert torch.allclose(model.logits(x), expected, atol=1e-4)
     assert torch.allclose(model.logits(x, raw=True), expected_logits(model.model, x), atol=1e-5)
 
 
 def test_with_prediction_keeps_omitted_settings_and_shares_the_weights():
-    model = make_model(adjustment=[1.0] * 47, tta_shifts=((0, 0), (1, 0)))
+    model = make_model(adjustment=ADJUSTMENT, tta_shifts=((0, 0), (1, 0)))
     same = model.with_prediction()
-    assert same.adjustment == [1.0] * 47 and same.tta_shifts == ((0, 0), (1, 0))
+    assert same.adjustment == ADJUSTMENT and same.tta_shifts == ((0, 0), (1, 0))
     assert same.model is model.model and same.classes == model.classes and same.run == model.run
     only_shifts = model.with_prediction(tta_shifts=[(0, 0)])
-    assert only_shifts.tta_shifts == ((0, 0),) and only_shifts.adjustment == [1.0] * 47
+    assert only_shifts.tta_shifts == ((0, 0),) and only_shifts.adjustment == ADJUSTMENT
     no_adjustment = model.with_prediction(adjustment=None)
     assert no_adjustment.adjustment is None and no_adjustment.tta_shifts == ((0, 0), (1, 0))
-    replaced = model.with_prediction(adjustment=np.arange(47), tta_shifts=[[1, 1]])
-    assert replaced.adjustment == [float(i) for i in range(47)] and replaced.tta_shifts == ((1, 1),)
+    other = LogitAdjustment(COUNTS, 0.25)
+    replaced = model.with_prediction(adjustment=other, tta_shifts=[[1, 1]])
+    assert replaced.adjustment == other and replaced.tta_shifts == ((1, 1),)
     # the original is unchanged
-    assert model.adjustment == [1.0] * 47 and model.tta_shifts == ((0, 0), (1, 0))
+    assert model.adjustment == ADJUSTMENT and model.tta_shifts == ((0, 0), (1, 0))
 
 
-def test_adjustment_must_have_one_entry_per_class():
+def test_adjustment_must_have_one_count_per_class():
     with pytest.raises(ModelFileError, match="46 entries for 47 classes"):
-        make_model(adjustment=[0.0] * 46)
+        make_model(adjustment=LogitAdjustment(COUNTS[:46], 0.5))
     with pytest.raises(ModelFileError, match="3 entries"):
-        make_model().with_prediction(adjustment=[0.0, 1.0, 2.0])
+        make_model().with_prediction(adjustment=LogitAdjustment((5, 6, 7), 0.5))
+    with pytest.raises(TypeError, match="LogitAdjustment"):
+        make_model(adjustment=[0.0] * 47)
 
 
 def test_prediction_settings_survive_a_save(tmp_path):
-    model = make_model().with_prediction(adjustment=[0.25] * 47, tta_shifts=[(0, 0), (-1, 0)])
+    model = make_model().with_prediction(adjustment=LogitAdjustment(COUNTS, 0.25), tta_shifts=[(0, 0), (-1, 0)])
     loaded = TrainedModel.load(model.save(tmp_path / "m.pt"))
-    assert loaded.adjustment == [0.25] * 47 and loaded.tta_shifts == ((0, 0), (-1, 0))
+    assert loaded.adjustment == LogitAdjustment(COUNTS, 0.25) and loaded.tta_shifts == ((0, 0), (-1, 0))
     assert torch.equal(loaded.logits(images()), model.logits(images()))

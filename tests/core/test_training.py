@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import warnings
 
 import numpy as np
@@ -19,7 +20,17 @@ from emnist_utils.core.evaluation import evaluate_split, predict_logits
 from emnist_utils.core.models import Architecture1
 from emnist_utils.core.registry import ConfigError, ModelSpec, build_model
 from emnist_utils.core.splits import Batches, is_balanced, normalisation_constants, train_val_split
-from emnist_utils.core.training import History, Recipe, fit, load_checkpoint, save_checkpoint, seed_everything
+from emnist_utils.core.training import (
+    History,
+    Recipe,
+    fit,
+    load_checkpoint,
+    previous_checkpoint,
+    save_checkpoint,
+    seed_everything,
+    set_aside_path,
+    state_checksum,
+)
 from emnist_utils.experiments.trials import REPORT_FINAL
 
 TINY = tiny_spec("arch2", epochs=3)  # Architecture 2 with c1=4, c2=8, hidden=32: BatchNorm and dropout
@@ -65,6 +76,7 @@ def assert_same_state(a, b, where="state"):
 def read_checkpoint(path):
     state = torch.load(path, map_location="cpu", weights_only=True)
     state["history"].pop("seconds")  # wall time, never compared
+    state.pop("checksum")  # covers the wall times too
     return state
 
 
@@ -393,6 +405,105 @@ def test_corrupt_checkpoint_is_ignored(small_splits, references, tmp_path):
     assert seen == [1, 2, 3]
     assert fitted.history.metrics() == ref_fitted.history.metrics()
     assert same_weights(model, ref_model)
+
+
+# ----------------------------------------------------------------------------- damaged checkpoints (issue 20)
+
+
+def _flip_a_bit_in_the_middle(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _edit(path, change, *, recompute_checksum: bool):
+    """Change a checkpoint's contents, then write it back with its old checksum (an accident or a careless edit)
+    or with a fresh one (what only a deliberate forgery through this project's own code would give)."""
+    state = torch.load(path, weights_only=True)
+    old = state.pop("checksum")
+    change(state)
+    if recompute_checksum:
+        path.unlink()  # so that save_checkpoint keeps the real previous checkpoint where it is
+        save_checkpoint(path, state)
+    else:
+        torch.save({**state, "checksum": old}, path)
+
+
+def _nan_weight(state):
+    state["model"]["fc1.weight"][3, 5] = float("nan")
+
+
+DAMAGE = {
+    # fault of the issue's table -> (how to cause it, what the warning says)
+    "bit flipped in the middle": (_flip_a_bit_in_the_middle, "checksum|unreadable"),
+    "epoch does not match its weights": (
+        lambda p: _edit(p, lambda s: s.update(epoch=s["epoch"] - 1), recompute_checksum=False),
+        "checksum",
+    ),
+    "epoch does not match its history (checksum recomputed)": (
+        lambda p: _edit(p, lambda s: s.update(epoch=s["epoch"] - 1), recompute_checksum=True),
+        "does not match its history",
+    ),
+    "zero bytes": (lambda p: p.write_bytes(b""), "unreadable"),
+    "NaN weight": (lambda p: _edit(p, _nan_weight, recompute_checksum=False), "checksum"),
+    "NaN weight (checksum recomputed)": (
+        lambda p: _edit(p, _nan_weight, recompute_checksum=True),
+        "NaN or infinite",
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", list(DAMAGE))
+@pytest.mark.parametrize("interrupted_after", [2, 1])
+def test_damaged_checkpoint_is_set_aside_and_the_run_ends_as_an_uninterrupted_one(
+    small_splits, references, tmp_path, fault, interrupted_after
+):
+    """The last checkpoint is damaged after an interruption: one warning line names it and says why, it is moved
+    aside, and the run resumes from the checkpoint before it (interrupted after epoch 2) or from the start (after
+    epoch 1, when there is none before it). Never a traceback, never a silently different model. (The model is built
+    from the run's seed, as every caller of `fit` in the package does, so that a restart from the start is the
+    same run.)"""
+    damage, why = DAMAGE[fault]
+    ref_model, ref_fitted, ref_state = references("report")
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(Interrupt):
+        train(small_splits, REPORT, checkpoint=checkpoint, run_key="run-a", callbacks=[interrupt_at(interrupted_after)])
+    assert previous_checkpoint(checkpoint).is_file() == (interrupted_after == 2)
+    damage(checkpoint)
+    seen = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, fitted = train(small_splits, REPORT, checkpoint=checkpoint, run_key="run-a", callbacks=[recorder(seen)])
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(messages) == 1, messages
+    assert str(checkpoint) in messages[0] and "set aside" in messages[0] and "\n" not in messages[0]
+    assert re.search(why, messages[0]), messages[0]
+    assert set_aside_path(checkpoint).is_file() and set_aside_path(checkpoint).name in messages[0]
+    assert seen == list(range(interrupted_after, 4))  # from the checkpoint before the damaged one, or the start
+    assert fitted.history.metrics() == ref_fitted.history.metrics()
+    assert same_weights(model, ref_model)
+    assert_same_state(read_checkpoint(checkpoint), ref_state)
+
+
+def test_checksum_covers_every_tensor_byte_and_the_epoch():
+    state = {"key": "k", "epoch": 2, "model": {"w": torch.arange(6.0)}, "history": {"val_acc": [1.0, 2.0]}}
+    reference = state_checksum(state)
+    assert state_checksum({**state}) == reference
+    flipped = {**state, "model": {"w": torch.arange(6.0)}}
+    flipped["model"]["w"].view(torch.int32)[4] ^= 1  # the lowest bit of one float
+    assert state_checksum(flipped) != reference
+    assert state_checksum({**state, "epoch": 1}) != reference
+    assert state_checksum({**state, "model": {"w": torch.arange(6.0).to(torch.float64)}}) != reference
+    assert state_checksum({**state, "model": {"w": torch.arange(6.0).view(2, 3)}}) != reference
+
+
+def test_checkpoints_of_a_finished_epoch_keep_the_one_before(small_splits, tmp_path):
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(Interrupt):
+        train(small_splits, REPORT, checkpoint=checkpoint, run_key="k", callbacks=[interrupt_at(2)])
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 2
+    assert torch.load(previous_checkpoint(checkpoint), weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.previous.pt", "run.pt"]  # no temporary files
 
 
 # ----------------------------------------------------------------------------- fit

@@ -16,7 +16,7 @@ from emnist_utils.core.splits import make_splits
 from emnist_utils.core.training import Recipe
 from emnist_utils.experiments import spec as spec_module
 from emnist_utils.experiments.profiles import PROFILES
-from emnist_utils.experiments.spec import TRAINING_ROOTS, TRAINING_STOP, Limits, RunSpec
+from emnist_utils.experiments.spec import DELIVERY_ROOTS, TRAINING_ROOTS, TRAINING_STOP, Limits, RunSpec
 
 DATA = "ab" * 32
 
@@ -112,6 +112,17 @@ def test_key_changes_with_the_training_code(monkeypatch):
     monkeypatch.setattr(spec_module, "training_fingerprint", lambda: edited)
     assert base.key() != before
     monkeypatch.setattr(spec_module, "training_fingerprint", lambda: dict(original))
+    assert base.key() == before
+
+
+def test_key_changes_with_the_delivery_code(monkeypatch):
+    base = bound()
+    before = base.key()
+    original = spec_module.delivery_fingerprint()
+    edited = {**original, "emnist_utils.core.trained_model.TrainedModel": "0" * 16}
+    monkeypatch.setattr(spec_module, "delivery_fingerprint", lambda: edited)
+    assert base.key() != before
+    monkeypatch.setattr(spec_module, "delivery_fingerprint", lambda: dict(original))
     assert base.key() == before
 
 
@@ -251,3 +262,65 @@ def test_from_dict_refuses_invalid_dictionaries():
 def test_label():
     assert tiny_spec().label == "tiny-arch2"
     assert tiny_spec().with_(name="", seed=2).label == "arch2 seed 2"
+
+
+# Issue 20: an edit to the code that decides what a run saves in its trained-model file reused the old cached run.
+# Each place that turns a trained network into the file, with an edit that changes what the file holds.
+DELIVERY_EDITS = {
+    "the run's classes and normalisation (Store.run)": (
+        "experiments/store.py",
+        "                list(splits.classes),\n",
+        "                list(reversed(splits.classes)),\n",
+        "emnist_utils.experiments.store.Store",
+    ),
+    "the metrics stored with the run (Store.run)": (
+        "experiments/store.py",
+        'metrics={**trained.metrics, "parameters": parameters},',
+        'metrics={**trained.metrics, "parameters": parameters + 1},',
+        "emnist_utils.experiments.store.Store",
+    ),
+    "the weights written (TrainedModel.save)": (
+        "core/trained_model.py",
+        "v.detach().cpu().contiguous().clone()",
+        "v.detach().cpu().contiguous().clone().half()",
+        "emnist_utils.core.trained_model.TrainedModel",
+    ),
+    "the description written (TrainedModel.metadata)": (
+        "core/trained_model.py",
+        '"normalisation": {"mean": self.mean, "std": self.std},',
+        '"normalisation": {"mean": self.mean, "std": self.std * 2},',
+        "emnist_utils.core.trained_model.TrainedModel",
+    ),
+    "the file format (FORMAT)": (
+        "core/trained_model.py",
+        'FORMAT = "emnist-cnn/trained-model/3"',
+        'FORMAT = "emnist-cnn/trained-model/4"',
+        "emnist_utils.core.trained_model.FORMAT",
+    ),
+    "the stored adjustment (LogitAdjustment)": (
+        "core/trained_model.py",
+        'return {"class_counts": list(self.class_counts), "strength": self.strength}',
+        'return {"class_counts": list(self.class_counts), "strength": self.strength / 2}',
+        "emnist_utils.core.trained_model.LogitAdjustment",
+    ),
+    "the normalisation a run's file records (input_normalisation)": (
+        "core/training.py",
+        'return (splits.mean, splits.std) if recipe.input_norm == "standardise" else (0.0, 1.0)',
+        'return (splits.mean, splits.std) if recipe.input_norm == "standardise" else (0.5, 1.0)',
+        "emnist_utils.core.training.input_normalisation",
+    ),
+}
+
+
+@pytest.mark.parametrize("place", list(DELIVERY_EDITS))
+def test_edited_delivery_code_changes_the_fingerprint(tmp_path, place):
+    relative, old, new, definition = DELIVERY_EDITS[place]
+    current = Fingerprinter().fingerprint(DELIVERY_ROOTS, TRAINING_STOP)
+    changed = _edited_copy(tmp_path, relative, old, new).fingerprint(DELIVERY_ROOTS, TRAINING_STOP)
+    assert definition in current
+    assert [k for k in current if current[k] != changed[k]] == [definition]
+
+
+def test_delivery_fingerprint_is_part_of_the_key():
+    identity = bound().identity()
+    assert set(identity["code"]) == {"training", "delivery", "architecture"}

@@ -496,3 +496,91 @@ def test_a_model_file_replaced_after_training_is_not_served(small_splits):
     first.model_path.write_bytes(other.model_path.read_bytes())
     with pytest.warns(UserWarning, match="not the one its entry recorded"):
         assert store.cached(spec) is None
+
+
+# ----------------------------------------------------------------------------- writers killed mid-write (issue 20)
+
+_KILLED_WHILE_WRITING = (
+    _PRELUDE
+    + """
+import os, signal
+die_at = int(sys.argv[2])
+spec = tiny_spec(epochs=2).bind(splits, small_profile())
+real_fsync, calls = os.fsync, []
+def fsync(fd):  # every file of the store is flushed before it replaces the old one: die there, as kill -9 would
+    calls.append(fd)
+    if len(calls) == die_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_fsync(fd)
+os.fsync = fsync
+store_module.Store(root).run(spec, splits, device="cpu", progress=False)
+"""
+)
+
+
+@pytest.mark.parametrize("die_at, what", [(2, "checkpoint"), (3, "model file")])
+def test_temporary_files_of_a_killed_writer_are_swept_and_the_run_resumes(small_splits, tmp_path, die_at, what):
+    """kill -9 while the second epoch's checkpoint (or the trained-model file) is being written left `.tmp` files in
+    the cache for ever. The store removes them when it opens, and the resumed run ends as an uninterrupted one."""
+    root = tmp_path / "cache"
+    child = _python(_KILLED_WHILE_WRITING, root, die_at)
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == -9, err
+    left = files_under(root, "*.tmp")
+    assert len(left) == 1 and left[0].parent.name == ("checkpoints" if what == "checkpoint" else "models")
+    assert left[0].stat().st_size > 0  # it was being written
+
+    store = Store(root)
+    assert store.swept == left and not files_under(root, "*.tmp")
+    spec = tiny_spec(epochs=2).bind(small_splits, small_profile())
+    epochs = []
+    resumed = run(store, spec, small_splits, callbacks=[lambda e, h: epochs.append(e)])
+    assert epochs == ([2] if what == "checkpoint" else [])  # resumed from epoch 1's (or 2's) checkpoint
+    fresh = run(Store(tmp_path / "uninterrupted"), spec, small_splits)
+    assert resumed.history.metrics() == fresh.history.metrics()
+    assert same_weights(resumed.trained_model.model, fresh.trained_model.model)
+    assert not files_under(root, "*.tmp") and not files_under(root / "checkpoints")
+
+
+_HOLDS_THE_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_temporary_files_of_a_running_writer_are_kept(tmp_path):
+    """A `.tmp` file whose run is being written by a live process (which holds the run's lock) is not touched;
+    one of a run nobody holds is removed, under its lock."""
+    store = Store(tmp_path / "cache")
+    busy, idle = "a" * 24, "b" * 24
+    for key in (busy, idle):
+        for path in store.paths(key).values():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        store.paths(key)["lock"].touch()
+        (store.root / "models" / f".{key}.pt.x1y2z3.tmp").write_bytes(b"partial")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDS_THE_LOCK, str(store.paths(busy)["lock"])], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        reopened = Store(store.root)
+        assert [p.name for p in reopened.swept] == [f".{idle}.pt.x1y2z3.tmp"]
+        assert [p.name for p in files_under(store.root, "*.tmp")] == [f".{busy}.pt.x1y2z3.tmp"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [p.name for p in Store(store.root).swept] == [f".{busy}.pt.x1y2z3.tmp"]  # its writer is gone now
+
+
+def test_sweeping_a_read_only_cache_changes_nothing_and_does_not_fail(tmp_path):
+    root = tmp_path / "cache"
+    stale = root / "runs" / ".cafe.json.abc.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{")
+    with read_only_dir(root / "runs"):
+        assert Store(root).swept == []
+    assert stale.exists()
+    assert Store(root).swept == [stale] and not stale.exists()
