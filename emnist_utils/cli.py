@@ -1,6 +1,6 @@
 """The one command line: `python -m emnist_utils <command>`; every command is a `main(argv)` away from a test.
 
-Commands: data, train, evaluate, trials, studies, notebooks (and predict). They share one parser for the data
+Commands: data, train, evaluate, trials, studies, notebooks, search (and predict). They share one parser for the data
 (--data, --split), the profile, the device and the number of runs at once (--jobs). Errors the user can fix
 (bad data, bad settings, an unusable model file, a folder that cannot be written) print one line and exit 2.
 """
@@ -27,6 +27,19 @@ from .experiments import beyond
 from .experiments.profiles import PROFILES, get_profile
 from .experiments.recipes import NAMED_RUNS
 from .experiments.runner import Runner, parse_jobs
+from .experiments.search import (
+    SAMPLERS,
+    SPACES,
+    SearchError,
+    WorkerArgs,
+    finished_count,
+    open_storage,
+    open_study,
+    parse_assignments,
+    redact,
+    run_workers,
+    study_space,
+)
 from .experiments.store import Store
 from .experiments.studies import COMPARISON_STUDIES, unique_specs
 from .experiments.trials import TABLES
@@ -182,6 +195,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=int, default=None, metavar="SECONDS", help="per-cell time limit (default: none)"
     )
     notebooks.set_defaults(func=cmd_notebooks)
+
+    search = commands.add_parser(
+        "search",
+        parents=[common],
+        help="search run specs with Optuna (one study, many workers and machines)",
+        description="Join Optuna study NAME (creating it with --space) and run trials until it has N finished "
+        "(complete or pruned) trials in all; every worker on every machine given the same --storage stops then. "
+        "Each trial is a run trained through the results cache. Run the same command again to resume. Watch a "
+        "study live with `optuna-dashboard URL` (for the default journal file: "
+        "`optuna-dashboard .cache/search/studies.journal`).",
+    )
+    search.add_argument("--study", required=True, metavar="NAME", help="the study's name")
+    search.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="an Optuna storage URL, e.g. postgresql://user:password@host/db for many machines (default: a "
+        "journal file under the cache, shared by this machine's workers)",
+    )
+    search.add_argument("--trials", type=int, required=True, metavar="N", help="finished trials the study needs")
+    search.add_argument(
+        "--space",
+        default=None,
+        help=f"search space of a new study: {', '.join(SPACES)} (an existing study keeps its own)",
+    )
+    search.add_argument("--sampler", default="tpe", help=f"sampler of a new study: {', '.join(SAMPLERS)} (default tpe)")
+    search.add_argument("--sampler-seed", type=int, default=0, help="sampler seed of a new study (default 0)")
+    search.add_argument(
+        "--enqueue",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE,...",
+        help="a trial to run first, e.g. recipe.lr=0.001,model.c1=16 (other parameters sampled)",
+    )
+    search.set_defaults(func=cmd_search)
 
     predict = commands.add_parser(
         "predict",
@@ -387,12 +435,52 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_search(args) -> int:
+    if args.trials < 1:
+        raise SearchError(f"--trials must be at least 1, got {args.trials}")
+    profile = get_profile(args.profile)
+    storage = open_storage(args.storage)
+    study = open_study(
+        args.study,
+        storage,
+        space=args.space,
+        sampler=args.sampler,
+        seed=args.sampler_seed,
+        create=args.space is not None,
+    )
+    space = study_space(study)
+    for text in args.enqueue:
+        study.enqueue_trial(parse_assignments(text, space), skip_if_exists=True)
+    data = _data(args)
+    device, jobs = _machine(args)
+    where = redact(args.storage) if args.storage else "the journal file under the cache"
+    print(
+        f"study {args.study}: space {space.name}, sampler {study.user_attrs['sampler']}, "
+        f"{finished_count(study)} of {args.trials} trials finished; storage {where}; profile {profile.name}; "
+        f"{jobs} worker(s) on {device}",
+        flush=True,
+    )
+    threads = max(1, (os.cpu_count() or 1) // jobs) if device.type == "cpu" else 1
+    worker = WorkerArgs(
+        args.study, args.storage, args.trials, jobs > 1 or args.storage is not None, str(data.root), data.split,
+        profile.name, None if args.device is None else str(device), threads, str(Store().root),
+    )  # fmt: skip
+    finished = run_workers(worker, jobs)
+    study = open_study(args.study, storage, create=False)
+    done = finished_count(study)
+    print(f"study {args.study}: {done} trials finished ({sum(finished)} by this command)")
+    if len(space.directions) == 1 and done:
+        best = study.best_trial
+        print(f"best: trial {best.number}, balanced validation {best.value:.2f}%: {best.params}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ConfigError, ModelFileError, OutputError) as exc:
+    except (DataError, ConfigError, ModelFileError, OutputError, SearchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except NotebookError as exc:

@@ -32,10 +32,11 @@ from .core.reporting import stamp, write_json, write_table
 from .core.splits import Splits, make_splits
 from .core.trained_model import TrainedModel
 from .core.training import available_device
-from .experiments import beyond
+from .experiments import beyond, search
 from .experiments.plan import Calibration
 from .experiments.profiles import Profile, get_profile
 from .experiments.runner import Runner
+from .experiments.search_study import SearchSetup
 from .experiments.spec import RunSpec
 from .experiments.store import RunResult, Store
 from .experiments.studies import Study, run_study
@@ -117,6 +118,21 @@ class Context:
         interleaved run and kept in the store (so re-running shows the same numbers)."""
         calibration = Calibration(self.store.root / "calibration.json", torch.device("cpu"), os.cpu_count() or 1)
         return calibration.interleaved([self.bind(s) for s in specs], len(self.classes))
+
+    def search_setup(self, storage: str | None = None) -> SearchSetup:
+        """What notebook 08's search arms share: the search's splits (its training subset), this machine's measured
+        CPU throughput per model and recipe (the compute a trial costs), and the study storage (the journal file
+        under the cache, or an Optuna storage URL)."""
+        splits = search.search_splits(self.data, self.profile)
+        calibration = Calibration(self.store.root / "calibration.json", torch.device("cpu"), os.cpu_count() or 1)
+
+        def throughput(spec: RunSpec) -> float:
+            return calibration.throughputs([spec], len(self.classes))[spec.key()]
+
+        return SearchSetup(
+            self.store, splits, self.profile, throughput, search.open_storage(storage, root=self.store.root),
+            device=str(self.device),
+        )  # fmt: skip
 
     # --------------------------------------------------------------------------- outputs
 

@@ -296,3 +296,129 @@ def fake_result(
         provenance={},
         model_path=Path("/nonexistent/fake.pt"),
     )
+
+
+# ----------------------------------------------------------------------------- folders this user may not list
+
+
+UNPRIVILEGED_ID = 65534  # "nobody": a user whom file permissions bind, for tests that run as root
+_UNPRIVILEGED_PYTHON: list[tuple[str, str]] = []  # (interpreter that user can run the package with, or "": why not)
+
+
+def _demote() -> None:  # in the child, between fork and exec
+    os.setgroups([])
+    os.setgid(UNPRIVILEGED_ID)
+    os.setuid(UNPRIVILEGED_ID)
+
+
+def _bound_env() -> dict[str, str]:
+    """This environment, with the project and this interpreter's site-packages importable by path (another
+    interpreter of the same version may have to stand in for this one, see `_unprivileged_python`)."""
+    import site
+
+    paths = [str(PROJECT_ROOT), *site.getsitepackages()]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/tmp"}
+
+
+def _unprivileged_python() -> str:
+    """An interpreter with which uid 65534 can import emnist_utils: this one, else the system's interpreter of the
+    same version (a virtual environment's interpreter may lie in a folder only root may enter, such as /root).
+    Skips the test where there is none (the project or its packages are not readable by that user)."""
+    import sys
+
+    if not _UNPRIVILEGED_PYTHON:
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        candidates = [sys.executable, os.path.realpath(sys.executable), f"/usr/bin/python{version}"]
+        why = []
+        for python in dict.fromkeys(candidates):
+            try:
+                probe = subprocess.run(
+                    [python, "-c", "import emnist_utils.core.data"], cwd=PROJECT_ROOT, env=_bound_env(),
+                    preexec_fn=_demote, capture_output=True, text=True, timeout=120,
+                )  # fmt: skip
+            except OSError as exc:
+                why.append(f"{python}: {exc.strerror or exc}")
+                continue
+            if probe.returncode == 0:
+                _UNPRIVILEGED_PYTHON.append((python, ""))
+                break
+            why.append(f"{python}: {(probe.stderr.strip().splitlines() or ['exit ' + str(probe.returncode)])[-1]}")
+        else:
+            _UNPRIVILEGED_PYTHON.append(("", "; ".join(why)))
+    python, why_not = _UNPRIVILEGED_PYTHON[0]
+    if not python:
+        pytest.skip(f"running as root, and user {UNPRIVILEGED_ID} cannot import emnist_utils here ({why_not})")
+    return python
+
+
+def run_python_bound_by_permissions(args: list[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    """Run `python ARGS` (from the project root, text output captured) as a user whom file permissions bind: this
+    user with this interpreter, or, when this is root (root ignores permissions), uid/gid 65534 with an interpreter
+    that user can run the package with. Skips the test where there is none."""
+    import sys
+
+    if os.geteuid() != 0:
+        return subprocess.run(
+            [sys.executable, *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout, **kwargs
+        )
+    return subprocess.run(
+        [_unprivileged_python(), *args], cwd=PROJECT_ROOT, env=_bound_env(), preexec_fn=_demote,
+        capture_output=True, text=True, timeout=timeout, **kwargs,
+    )  # fmt: skip
+
+
+def raised_bound_by_permissions(*statements: str) -> list[tuple[str, str]]:
+    """Execute each Python statement as a user whom file permissions bind (in this process unless this is root;
+    see `run_python_bound_by_permissions`; one process for all) and return what each raised, as (exception class
+    name, message), or ("", "") when nothing."""
+    import json
+
+    if os.geteuid() != 0:
+        raised = []
+        for statement in statements:
+            try:
+                exec(statement, {})
+            except Exception as exc:  # noqa: BLE001 - the caller asserts exactly what was raised
+                raised.append((type(exc).__name__, str(exc)))
+            else:
+                raised.append(("", ""))
+        return raised
+    code = (
+        "import json\n"
+        f"for statement in {list(statements)!r}:\n"
+        "    try:\n        exec(statement, {})\n"
+        "    except Exception as exc:\n        print(json.dumps([type(exc).__name__, str(exc)]))\n"
+        "    else:\n        print(json.dumps(['', '']))\n"
+    )
+    done = run_python_bound_by_permissions(["-c", code])
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 0 and len(lines) == len(statements), done.stderr
+    return [tuple(json.loads(line)) for line in lines]
+
+
+@contextlib.contextmanager
+def shared_tmp_dir():
+    """A fresh folder under /tmp that every user can reach (mode 0755; pytest's tmp_path is root's alone when
+    running as root), removed afterwards."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="emnist-perm-", dir="/tmp"))
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        for folder, dirs, _ in os.walk(path):
+            for d in dirs:
+                os.chmod(Path(folder) / d, 0o755)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def permissions(path: Path, mode: int = 0):
+    """`path` with permission bits `mode` (0: nobody but root may list or enter it), restored afterwards."""
+    old = path.stat().st_mode & 0o7777
+    os.chmod(path, mode)
+    try:
+        yield path
+    finally:
+        os.chmod(path, old)

@@ -27,7 +27,7 @@ from emnist_utils.core.trained_model import FORMAT, TrainedModel
 from emnist_utils.experiments import plan as plan_module
 from emnist_utils.experiments import store as store_module
 
-COMMANDS = ("data", "train", "evaluate", "trials", "studies", "notebooks", "predict")
+COMMANDS = ("data", "train", "evaluate", "trials", "studies", "notebooks", "search", "predict")
 DIGITS, UPPER, LOWER = "0123456789", "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
 BYCLASS_CLASSES = list(DIGITS + UPPER + LOWER)  # 62 classes, as EMNIST byclass
 BALANCED_CLASSES = list(DIGITS + UPPER + "abdefghnqrt")  # 47 classes, as EMNIST balanced
@@ -114,7 +114,7 @@ def _negative_running_var(state):
     [
         (_nan_weight, "fc1.weight", "NaN or infinite"),
         (_inf_running_var, "batchnorm2.running_var", "NaN or infinite"),
-        (_negative_running_var, "batchnorm1.running_var", "negative variances"),
+        (_negative_running_var, "batchnorm1.running_var", "variances that are not positive"),
     ],
     ids=["nan-weight", "inf-running-var", "negative-running-var"],
 )

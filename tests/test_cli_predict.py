@@ -6,10 +6,14 @@ clear message while the others are still predicted; the model file and the optio
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from helpers import PROJECT_ROOT
 from PIL import Image
 from try_it_support import rendered, session_model
 
@@ -116,6 +120,26 @@ def test_bad_pictures_fail_one_by_one(tmp_path, capsys, trained, standin_data):
         assert f"error: {bad}: {words}" in err or (f"error: {bad}:" in err and words in err)
     assert "Traceback" not in err
     assert "4 of 5 picture(s) could not be read" in err
+
+
+def test_named_pipe_is_refused_not_waited_on(tmp_path, trained, standin_data):
+    """`python -m emnist_utils predict` given a named pipe used to wait forever for a writer; now the pipe fails on
+    its own with one line and the other picture is still predicted. Run in a process of its own, with a timeout,
+    so that a regression fails instead of hanging the tests."""
+    good = _picture(tmp_path, standin_data.test_images[0].numpy(), "good.png")
+    pipe = tmp_path / "pipe.png"
+    os.mkfifo(pipe)
+    command = [sys.executable, "-m", "emnist_utils", "predict", str(pipe), str(good), "--weights", str(trained.path)]
+    try:
+        done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("predict waited on the named pipe for 120 s instead of refusing it")
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"error: {pipe}: not a regular file (a named pipe); give a picture file (PNG or JPEG)\n"
+        "1 of 2 picture(s) could not be read\n"
+    )
+    assert done.stdout.startswith(f"{good}: ") and done.stdout.count("\n") == 1
 
 
 def test_light_ink_on_dark_reads_like_dark_on_light(tmp_path, capsys, trained, standin_data):

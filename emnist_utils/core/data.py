@@ -8,10 +8,12 @@ range), turned upright and kept in memory as one uint8 tensor. Every problem wit
 
 from __future__ import annotations
 
+import fnmatch
 import gzip
 import hashlib
 import os
 import shutil
+import stat
 import struct
 import urllib.error
 import urllib.request
@@ -184,28 +186,116 @@ def _search_dirs(root: Path) -> list[Path]:
     return [root, root / "EMNIST" / "raw", root / "raw", root / "gzip"]
 
 
+def _denied(folder: Path) -> DataError:
+    return DataError(
+        f"{folder}: permission denied: this user cannot list the folder or open what it holds. Check its "
+        f"permissions (ls -ld {folder}): this user needs read and search (r-x) permission on it."
+    )
+
+
+def _listing(folder: Path) -> set[str]:
+    """The names in a folder; a folder this user may not list is a DataError naming it."""
+    try:
+        return set(os.listdir(folder))
+    except PermissionError as exc:
+        raise _denied(folder) from exc
+    except OSError as exc:
+        raise DataError(f"{folder}: the folder cannot be listed ({exc.strerror or exc}).") from exc
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    """os.stat of `path` (following links); None when nothing is there. A folder on the way that this user may not
+    search is a DataError naming that folder; a dangling link is a DataError naming the link."""
+    try:
+        return path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        if path.is_symlink():
+            raise DataError(
+                f"{path}: is a symbolic link to {os.readlink(path)}, which does not exist. Fix or remove the link."
+            ) from None
+        return None
+    except PermissionError as exc:
+        raise _denied(path.parent) from exc
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be examined ({exc.strerror or exc}).") from exc
+
+
+_NOT_A_FILE = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _is_data_file(path: Path) -> bool:
+    """Whether a regular file (or a link to one) is at `path`: False when nothing is there; anything else there
+    (a folder, a named pipe, a device) is a DataError naming it, rather than being passed over in silence."""
+    st = _stat(path)
+    if st is None:
+        return False
+    if stat.S_ISREG(st.st_mode):
+        return True
+    kind = next((k for test, k in _NOT_A_FILE if test(st.st_mode)), "something other than a regular file")
+    raise DataError(
+        f"{path}: is {kind}, not a file. Remove or rename it and put the EMNIST file of that name there "
+        "(or point --data / EMNIST_DATA at the folder that holds the files)."
+    )
+
+
+def _search_listings(root: Path) -> dict[Path, set[str]]:
+    """The names in each searched folder under `root` that exists (see `_search_dirs`), in search order. Every
+    folder on the way must be listable: one that is not is a DataError naming it, not a silent miss."""
+    listings: dict[Path, set[str]] = {}
+    root_stat = _stat(root)
+    if root_stat is None or not stat.S_ISDIR(root_stat.st_mode):
+        return listings
+    listed = {root: _listing(root)}
+    for directory in _search_dirs(root):
+        folder = root
+        for part in directory.relative_to(root).parts:
+            inner = folder / part
+            if part not in listed[folder]:
+                break
+            inner_stat = _stat(inner)
+            if inner_stat is None or not stat.S_ISDIR(inner_stat.st_mode):
+                break
+            if inner not in listed:
+                listed[inner] = _listing(inner)
+            folder = inner
+        else:
+            listings[directory] = listed[directory]
+    return listings
+
+
 def find_split_files(root: Path, split: str) -> dict[str, Path | None]:
-    """Locate train/test images/labels and the mapping, accepting .gz or plain files, flat or torchvision layout."""
+    """Locate train/test images/labels and the mapping, accepting .gz or plain files, flat or torchvision layout.
+    A folder on the way that cannot be listed, or an expected name that is not a regular file, is a DataError."""
+    listings = _search_listings(root)
+
+    def first(names: list[str]) -> Path | None:
+        present = [d / n for d, listing in listings.items() for n in names if n in listing]
+        regular = [p for p in present if _is_data_file(p)]  # every one is checked: a folder among them is refused
+        return regular[0] if regular else None
+
     found: dict[str, Path | None] = {}
     for part in ("train", "test"):
         for kind in ("images", "labels"):
             name = file_name(split, part, kind)
-            candidates = [d / (name + ext) for d in _search_dirs(root) for ext in (".gz", "")]
-            found[f"{part}_{kind}"] = next((p for p in candidates if p.is_file()), None)
-    mapping = [d / f"emnist-{split}-mapping.txt" for d in _search_dirs(root)]
-    found["mapping"] = next((p for p in mapping if p.is_file()), None)
+            found[f"{part}_{kind}"] = first([name + ".gz", name])
+    found["mapping"] = first([f"emnist-{split}-mapping.txt"])
     return found
 
 
 def splits_present(root: Path) -> list[str]:
     """Names of the splits with at least one IDX file under `root` (in any accepted layout)."""
     names = set()
-    for directory in _search_dirs(root):
-        if directory.is_dir():
-            for path in directory.glob("emnist-*-*-ubyte*"):
-                parts = path.name.split("-")
-                if len(parts) >= 5 and parts[2] in ("train", "test"):
-                    names.add(parts[1])
+    for listing in _search_listings(root).values():
+        for name in listing:
+            parts = name.split("-")
+            if fnmatch.fnmatchcase(name, "emnist-*-*-ubyte*") and len(parts) >= 5 and parts[2] in ("train", "test"):
+                names.add(parts[1])
     return sorted(names)
 
 
@@ -418,7 +508,14 @@ def data_location(root: str | os.PathLike | None = None, split: str | None = Non
     if str(root_given).strip() == "":
         raise DataError("the data folder is empty text; give a folder with --data or EMNIST_DATA.")
     path = resolve(root_given)
-    if path.exists() and not path.is_dir():
+    try:
+        not_a_folder = path.exists() and not path.is_dir()
+    except PermissionError as exc:
+        raise DataError(
+            f"{path}: permission denied: this user cannot reach the data folder (a folder above it cannot be "
+            f"searched). Check the permissions along the way (namei -l {path})."
+        ) from exc
+    if not_a_folder:
         raise DataError(
             f"the data location {path} is a file, not a folder. Point --data / EMNIST_DATA at the "
             f"folder that holds the emnist-<split>-* files (here: {path.parent}?)."
@@ -486,8 +583,17 @@ def load_emnist(
     files = {k: v for k, v in found.items() if v is not None}
     verified_by = verify_files(files, split, allow_unverified)
 
-    if found["mapping"] is not None:
-        classes, first_label = read_mapping(found["mapping"])
+    mapping = found["mapping"]
+    if mapping is not None:
+        classes, first_label = read_mapping(mapping)
+        known = BUILTIN_CLASSES.get(split)
+        if known is not None and len(classes) != len(known):
+            fault = "is incomplete (a line lost?)" if len(classes) < len(known) else "has lines too many"
+            raise DataError(
+                f"{mapping}: names {len(classes)} classes, but EMNIST split '{split}' has {len(known)}. The mapping "
+                f"file {fault} or belongs to another split; copy emnist-{split}-mapping.txt again from the same "
+                f"download as the other files, or delete it to use the built-in names of '{split}'."
+            )
     elif split in BUILTIN_CLASSES:
         classes, first_label = BUILTIN_CLASSES[split], BUILTIN_FIRST_LABEL.get(split, 0)
     else:
@@ -505,6 +611,18 @@ def load_emnist(
         if len(labels) == 0:
             raise DataError(f"{labels_path}: holds no examples.")
         low, high = int(labels.min()), int(labels.max())
+        if (
+            low >= first_label
+            and high >= first_label + len(classes)
+            and split not in BUILTIN_CLASSES
+            and mapping is not None
+        ):
+            # The class count of this split is not known, so the mapping may be the file at fault (a lost line).
+            raise DataError(
+                f"{mapping} names only {len(classes)} classes (labels {first_label}-{first_label + len(classes) - 1}) "
+                f"while {labels_path} holds labels up to {high}, so the mapping is incomplete (or the files belong "
+                f"to different splits). Copy emnist-{split}-mapping.txt again from the same download as the labels."
+            )
         if low < first_label or high >= first_label + len(classes):
             raise DataError(
                 f"{labels_path}: labels {low}-{high} do not fit the {len(classes)} classes of split "

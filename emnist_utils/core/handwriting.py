@@ -20,6 +20,7 @@ Used by `python -m emnist_utils predict` (through core/recognition.py) and noteb
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,14 +62,39 @@ class Prepared:
 # ----------------------------------------------------------------------------- reading
 
 
+_NOT_REGULAR = (
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _check_regular_file(path: Path, name: str) -> None:
+    """Refuse, before anything opens it, a path that is not a regular file: opening a named pipe waits for a writer
+    and a device such as /dev/zero never ends, so either would hang the caller instead of failing."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError as exc:
+        raise ImageError(f"{name}: no such file") from exc
+    except PermissionError as exc:
+        raise ImageError(f"{name}: cannot be read (permission denied); check its permissions (ls -l {name})") from exc
+    except OSError as exc:
+        raise ImageError(f"{name}: cannot be read ({exc.strerror or exc})") from exc
+    if stat.S_ISDIR(mode):
+        raise ImageError(f"{name}: is a folder, not an image file")
+    if not stat.S_ISREG(mode):
+        kind = next((k for test, k in _NOT_REGULAR if test(mode)), "something other than a file")
+        raise ImageError(f"{name}: not a regular file ({kind}); give a picture file (PNG or JPEG)")
+
+
 def read_image(source: str | os.PathLike | BinaryIO, name: str | None = None) -> np.ndarray:
     """A picture (a file path, or an open binary file such as an upload) as grey levels (H, W) float32 in 0-1
-    (1 = white), upright as a person sees it. `name` is what error messages call it (default: the path)."""
+    (1 = white), upright as a person sees it. `name` is what error messages call it (default: the path). A path
+    must be a regular file (see `_check_regular_file`)."""
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        name = name or str(path)
-        if path.is_dir():
-            raise ImageError(f"{name}: is a folder, not an image file")
+        name = name or str(Path(source))
+        _check_regular_file(Path(source), name)
     name = name or "the picture"
     try:
         with warnings.catch_warnings():
@@ -91,6 +117,8 @@ def read_image(source: str | os.PathLike | BinaryIO, name: str | None = None) ->
         raise
     except FileNotFoundError as exc:
         raise ImageError(f"{name}: no such file") from exc
+    except PermissionError as exc:
+        raise ImageError(f"{name}: cannot be read (permission denied); check its permissions (ls -l {name})") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(f"{name}: not an image this program can read (PNG or JPEG expected)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

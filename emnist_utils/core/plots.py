@@ -3,6 +3,7 @@ name as PNG (200 dpi) and PDF into the folder it is given (the notebook context 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -368,5 +369,64 @@ def plot_per_class_change(before, after, title: str = "") -> plt.Figure:
         title=title or "Per-class test accuracy before and after",
     )
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_search_curves(curves, hand, budget: float, title: str = "") -> plt.Figure:
+    """Best validation so far against compute spent: the hand trials as one line, each search arm as the mean of its
+    sampler seeds with their range shaded. `curves` and `hand` are ArmCurve-like (arm, compute, best, best_at)."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.step(hand.compute, hand.best, where="post", color="black", lw=2, label="hand (report's Table 1.2)")
+    end = max([budget, *[c.compute[-1] for c in curves if c.compute]])
+    grid = np.linspace(0, end, 300)
+    ax.axvline(budget, color="grey", ls="--", lw=1, label="the hand trials' compute (every arm's budget)")
+    for i, arm in enumerate(sorted({c.arm for c in curves})):
+        values = np.array([[c.best_at(x) for x in grid] for c in curves if c.arm == arm])
+        if not np.isfinite(values).any():
+            continue
+        color = sns.color_palette()[i]
+        with warnings.catch_warnings():  # before an arm's first finished trial its best is NaN: left blank
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ax.plot(grid, np.nanmean(values, axis=0), color=color, label=f"{arm} (mean of {len(values)} seed(s))")
+            if len(values) > 1:
+                ax.fill_between(grid, np.nanmin(values, 0), np.nanmax(values, 0), color=color, alpha=0.2)
+    ax.set(xlabel="compute spent (seconds of this machine's training)", ylabel="best balanced validation (%)")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    return fig
+
+
+def plot_search_pareto(table, chosen_trial: int | None = None, title: str = "") -> plt.Figure:
+    """Every trial of the accuracy/cost study: the search's, notebook 05's hand-picked candidates, the Pareto front
+    as a line, and the chosen trial ringed."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    searched = table[table["source"] == "search"]
+    hand = table[table["source"] != "search"]
+    ax.scatter(searched["cpu_train_s"], searched["val_balanced_acc"], s=25, alpha=0.6, label="search trials")
+    ax.scatter(hand["cpu_train_s"], hand["val_balanced_acc"], s=70, marker="D", color="black", label="notebook 05")
+    for _, row in hand.iterrows():
+        ax.annotate(row["widths"], (row["cpu_train_s"], row["val_balanced_acc"]), fontsize=8, xytext=(4, -10),
+                    textcoords="offset points")  # fmt: skip
+    front = table[table["pareto"]].sort_values("cpu_train_s")
+    ax.step(front["cpu_train_s"], front["val_balanced_acc"], where="post", color="C3", label="Pareto front")
+    if chosen_trial is not None and (table["trial"] == chosen_trial).any():
+        row = table[table["trial"] == chosen_trial].iloc[0]
+        ax.scatter([row["cpu_train_s"]], [row["val_balanced_acc"]], s=220, facecolors="none", edgecolors="C3", lw=2,
+                   label=f"smallest within 0.3 points of the best ({row['widths']})")  # fmt: skip
+    ax.set(xlabel="CPU training seconds (measured throughput x images)", ylabel="balanced validation (%)")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def plot_importances(importances: dict, title: str = "") -> plt.Figure:
+    """Parameter importances (fANOVA, share of the objective's variance) of one or more studies, side by side."""
+    fig, axes = plt.subplots(1, len(importances), figsize=(5.5 * len(importances), 3.8), squeeze=False)
+    for ax, (name, series) in zip(axes[0], importances.items()):
+        ordered = series.sort_values()
+        ax.barh(list(ordered.index), list(ordered.values), color="C0")
+        ax.set(xlabel="importance (fANOVA)", title=name, xlim=(0, 1))
+    fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -4,6 +4,7 @@ download of one split from a locally served archive."""
 from __future__ import annotations
 
 import builtins
+import contextlib
 import gzip
 import hashlib
 import http.server
@@ -26,6 +27,10 @@ from helpers import (
     build_dataset,
     idx_images_bytes,
     idx_labels_bytes,
+    permissions,
+    raised_bound_by_permissions,
+    run_python_bound_by_permissions,
+    shared_tmp_dir,
     write_sha256sums,
 )
 
@@ -414,6 +419,179 @@ def test_unreadable_file_for_real(tmp_path):
     assert str(path) in str(info.value) and "Permission denied" in str(info.value)
 
 
+def _cannot_list(folder: Path) -> str:
+    return (
+        f"{folder}: permission denied: this user cannot list the folder or open what it holds. Check its "
+        f"permissions (ls -ld {folder}): this user needs read and search (r-x) permission on it."
+    )
+
+
+def _load_statement(root: Path, split: str | None) -> str:
+    return f"from emnist_utils.core.data import load_emnist; load_emnist({str(root)!r}, {split!r}, download=False)"
+
+
+# case: (the folder made unlistable, relative to the data folder, its mode); "." is the data folder itself
+DENIED_FOLDERS = {
+    "data-folder-000": (".", 0o000),
+    "data-folder-444": (".", 0o444),  # may be listed, but not searched: nothing in it can be opened
+    "EMNIST-000": ("EMNIST", 0o000),
+    "EMNIST-raw-000": ("EMNIST/raw", 0o000),
+    "EMNIST-raw-333": ("EMNIST/raw", 0o333),  # may be searched, but not listed
+}
+
+
+@pytest.fixture(scope="module")
+def denied_outcomes():
+    """Every DENIED_FOLDERS case (each in a data folder of its own) and a data folder inside a folder that cannot be
+    searched, all at once, and what loading each raised, with the split named and without: {case: (folder denied,
+    [raised, ...])}. Root ignores permissions, so as root this runs as an unprivileged user (in one process, see
+    helpers.raised_bound_by_permissions)."""
+    with shared_tmp_dir() as base, contextlib.ExitStack() as denied:
+        roots, folders = {}, {}
+        for case, (relative, _) in DENIED_FOLDERS.items():
+            roots[case] = base / case / "data"
+            build_dataset(roots[case], "synth", layout="flat" if relative == "." else "torchvision")
+            folders[case] = roots[case] / relative
+        roots["above"] = base / "above" / "data"
+        build_dataset(roots["above"], "synth")
+        folders["above"] = base / "above"
+        for case, folder in folders.items():
+            denied.enter_context(permissions(folder, DENIED_FOLDERS.get(case, (".", 0o000))[1]))
+        statements = [_load_statement(roots[case], split) for case in folders for split in ("synth", None)]
+        raised = raised_bound_by_permissions(*statements)
+    return {case: (roots[case], folders[case], raised[2 * i : 2 * i + 2]) for i, case in enumerate(folders)}
+
+
+@pytest.mark.parametrize("case", list(DENIED_FOLDERS))
+def test_folder_that_cannot_be_listed_is_one_data_error_naming_it(denied_outcomes, case):
+    """chmod 000 (or no read, or no search permission) on the data folder or a folder of the torchvision layout,
+    with the split named and without: one DataError naming that folder and how to check it, not a PermissionError
+    traceback."""
+    _, folder, raised = denied_outcomes[case]
+    assert raised == [("DataError", _cannot_list(folder))] * 2
+
+
+def test_data_folder_inside_a_folder_that_cannot_be_searched(denied_outcomes):
+    root, _, raised = denied_outcomes["above"]
+    assert (
+        raised
+        == [
+            (
+                "DataError",
+                f"{root}: permission denied: this user cannot reach the data folder (a folder above it cannot be "
+                f"searched). Check the permissions along the way (namei -l {root}).",
+            )
+        ]
+        * 2
+    )
+
+
+def test_cli_data_on_a_folder_that_cannot_be_listed_prints_one_line():
+    with shared_tmp_dir() as base:
+        root = base / "data"
+        build_dataset(root, "synth")
+        with permissions(root, 0o000):
+            done = run_python_bound_by_permissions(
+                ["-m", "emnist_utils", "data", "--data", str(root), "--split", "synth"]
+            )
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"error: {_cannot_list(root)}\n")
+
+
+def _not_a_file(path: Path, kind: str = "a folder") -> str:
+    return (
+        f"{path}: is {kind}, not a file. Remove or rename it and put the EMNIST file of that name there (or point "
+        "--data / EMNIST_DATA at the folder that holds the files)."
+    )
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
+@pytest.mark.parametrize("layout", ["flat", "torchvision"])
+@pytest.mark.parametrize("key", ["train_images", "train_labels", "test_images", "test_labels", "mapping"])
+def test_expected_file_that_is_a_folder_is_refused_naming_it(tmp_path, monkeypatch, no_download, key, layout, gz):
+    """A folder under an expected name (here in place of the file) is refused, not passed over: before, the mapping
+    fell back to the built-in classes without a word and a missing IDX file started a download."""
+    ds = official_format_dataset(tmp_path, "balanced", layout=layout, gz=gz)
+    accept_small(monkeypatch, "balanced", 94, 47)
+    path = ds.files[key]
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(DataError) as info:
+        load_emnist(tmp_path, "balanced")
+    assert str(info.value) == _not_a_file(path)
+    assert no_download == []
+
+
+@pytest.mark.parametrize("kind", ["named-pipe", "dangling-link", "folder-in-another-layout", "folder-beside-gz"])
+def test_other_things_under_an_expected_name_are_refused_naming_them(tmp_path, no_download, kind):
+    ds = build_dataset(tmp_path, "synth")  # flat, gzipped, with a mapping
+    if kind == "named-pipe":
+        path = ds.files["train_labels"]
+        path.unlink()
+        os.mkfifo(path)
+        expected = _not_a_file(path, "a named pipe")
+    elif kind == "dangling-link":
+        path, target = ds.files["mapping"], tmp_path / "gone.txt"
+        path.unlink()
+        path.symlink_to(target)
+        expected = f"{path}: is a symbolic link to {target}, which does not exist. Fix or remove the link."
+    elif kind == "folder-in-another-layout":
+        path = tmp_path / "EMNIST" / "raw" / ds.files["test_images"].name
+        path.mkdir(parents=True)
+        expected = _not_a_file(path)
+    else:  # the plain name of a file present as .gz
+        path = tmp_path / ds.files["test_labels"].name.removesuffix(".gz")
+        path.mkdir()
+        expected = _not_a_file(path)
+    with pytest.raises(DataError) as info:
+        load_emnist(tmp_path, "synth", download=False)
+    assert str(info.value) == expected
+
+
+def _cut_mapping(ds, keep: int | None = None, extra: str = "") -> Path:
+    """The mapping file cut to its first `keep` lines (all when None), `extra` appended; SHA256SUMS renewed."""
+    path = ds.files["mapping"]
+    lines = path.read_bytes().decode().splitlines(keepends=True)
+    path.write_bytes(("".join(lines[:keep]) + extra).encode())
+    write_sha256sums(ds.directory)
+    return path
+
+
+@pytest.mark.parametrize("change", ["last-line-lost", "line-added"])
+@pytest.mark.parametrize("split", list(SPLIT_FORMATS))
+def test_mapping_with_the_wrong_class_count_for_a_known_split_is_named(
+    tmp_path, monkeypatch, no_download, split, change
+):
+    ds = official_format_dataset(tmp_path, split)
+    k = EXPECTED_NUM_CLASSES[split]
+    accept_small(monkeypatch, split, 2 * k, k)
+    first = SPLIT_FORMATS[split][1]
+    mapping = _cut_mapping(ds, -1) if change == "last-line-lost" else _cut_mapping(ds, extra=f"{k + first} 33\r\n")
+    count, fault = (
+        (k - 1, "is incomplete (a line lost?)") if change == "last-line-lost" else (k + 1, "has lines too many")
+    )
+    with pytest.raises(DataError) as info:
+        load_emnist(tmp_path, split)
+    assert str(info.value) == (
+        f"{mapping}: names {count} classes, but EMNIST split '{split}' has {k}. The mapping file {fault} or belongs "
+        f"to another split; copy emnist-{split}-mapping.txt again from the same download as the other files, or "
+        f"delete it to use the built-in names of '{split}'."
+    )
+
+
+def test_mapping_missing_its_last_line_is_named_as_the_culprit(tmp_path):
+    """A split whose class count is not known (synth): labels 0-46 with a 46-line mapping. The mapping is what was
+    cut short, so it is named first (before: only the labels file was named, as if the labels were wrong)."""
+    ds = build_dataset(tmp_path, "synth", n_train=94, n_test=47, balanced_labels=True)
+    mapping = _cut_mapping(ds, -1)
+    with pytest.raises(DataError) as info:
+        load_emnist(tmp_path, "synth", download=False)
+    assert str(info.value) == (
+        f"{mapping} names only 46 classes (labels 0-45) while {ds.files['train_labels']} holds labels up to 46, "
+        "so the mapping is incomplete (or the files belong to different splits). Copy emnist-synth-mapping.txt "
+        "again from the same download as the labels."
+    )
+
+
 @pytest.mark.parametrize("corrupt", ["truncate_gzip", "garbage_gzip", "not_gzip"])
 def test_damaged_gzip(tmp_path, corrupt):
     ds = build_dataset(tmp_path, "synth", corrupt=corrupt)
@@ -455,9 +633,10 @@ def test_empty_split_part_is_refused(tmp_path):
 def test_labels_out_of_range(tmp_path):
     ds = build_dataset(tmp_path, "synth", corrupt="label_out_of_range", corrupt_part="test")
     assert ds.labels["test"].max() == 47
-    with pytest.raises(DataError, match="labels .*-47 do not fit the 47 classes") as info:
+    # the class count of 'synth' is unknown, so the mapping file may be the one at fault: both files are named
+    with pytest.raises(DataError, match="names only 47 classes .* holds labels up to 47") as info:
         load_emnist(tmp_path, "synth", download=False)
-    assert ds.files["test_labels"].name in str(info.value)
+    assert ds.files["test_labels"].name in str(info.value) and ds.files["mapping"].name in str(info.value)
 
 
 def test_labels_out_of_range_for_a_smaller_mapping(tmp_path):
@@ -465,7 +644,7 @@ def test_labels_out_of_range_for_a_smaller_mapping(tmp_path):
     ds = build_dataset(tmp_path, "synth", n_train=200)
     ds.files["mapping"].write_bytes("".join(f"{i} {48 + i}\r\n" for i in range(10)).encode())
     write_sha256sums(tmp_path)
-    with pytest.raises(DataError, match="do not fit the 10 classes"):
+    with pytest.raises(DataError, match=r"mapping.txt names only 10 classes \(labels 0-9\)"):
         load_emnist(tmp_path, "synth", download=False)
 
 

@@ -6,6 +6,10 @@ readable character must fail with a clear ImageError."""
 from __future__ import annotations
 
 import gzip
+import os
+import socket
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,6 +213,53 @@ def test_unreadable_files_fail_clearly(tmp_path, kind, message):
     with pytest.raises(hw.ImageError, match=message) as info:
         hw.prepare_file(path)
     assert str(path) in str(info.value)
+
+
+def _read_within(path: Path, seconds: float = 20.0):
+    """hw.read_image(path) in a thread, so that a call blocked opening a named pipe fails the test instead of hanging
+    it: after `seconds` the pipe is opened for writing and closed (which lets the blocked reader go on)."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = hw.read_image(path)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(seconds)
+        pytest.fail(f"read_image({path}) waited {seconds:.0f} s on a named pipe instead of refusing it")
+    return outcome
+
+
+@pytest.mark.parametrize(
+    ("kind", "what"),
+    [("named-pipe", "a named pipe"), ("socket", "a socket"), ("device", "a character device")],
+)
+def test_not_a_regular_file_is_refused_before_opening(tmp_path, kind, what):
+    """A named pipe would block the reader until something writes to it (predict hung), /dev/zero never ends; both
+    are refused by their kind before anything opens them, as a folder is."""
+    listener = None
+    if kind == "named-pipe":
+        path = tmp_path / "pipe.png"
+        os.mkfifo(path)
+    elif kind == "socket":
+        path = tmp_path / "sock.png"
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(path))
+    else:
+        path = Path("/dev/zero")
+    try:
+        outcome = _read_within(path)
+    finally:
+        if listener is not None:
+            listener.close()
+    assert isinstance(outcome.get("error"), hw.ImageError), outcome
+    assert str(outcome["error"]) == f"{path}: not a regular file ({what}); give a picture file (PNG or JPEG)"
 
 
 def test_too_many_pixels_is_refused(tmp_path, monkeypatch):

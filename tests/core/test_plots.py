@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from emnist_utils.core import plots as P
 from emnist_utils.core.evaluation import per_class_accuracy
 from emnist_utils.core.training import History
+from emnist_utils.experiments import search
 
 CLASSES = ["0", "O", "1", "I", "A", "a"]
 GROUPS = [("0", "O"), ("1", "I", "l"), ("A",)]
@@ -82,7 +83,23 @@ def _figures():
         {"label": ["a", "b", "c"], "cpu_minutes": [1.0, 4.0, 9.0], "val_balanced_acc": [85.0, 88.0, 87.0]}
     )
     ladder = pd.DataFrame({"step": ["report", "+ augmentation"], "val_balanced_acc_mean_%": [88.1, 89.0]})
+    hand = search.curve("hand", 0, [(2.0, 40.0), (3.0, 43.0)])
+    arms = [search.curve("tpe", s, [(1.0, 38.0 + s), (4.0, None), (2.0, 45.0)]) for s in range(2)]
+    trials = pd.DataFrame(
+        {
+            "trial": [0, 1, 2],
+            "source": ["notebook 05 candidate", "search", "search"],
+            "widths": ["32/64/128", "16/32/64", "48/96/192"],
+            "val_balanced_acc": [88.0, 86.0, 88.2],
+            "cpu_train_s": [100.0, 40.0, 300.0],
+            "pareto": [True, True, True],
+        }
+    )
+    importance = pd.Series({"lr": 0.6, "c1": 0.3, "dropout": 0.1})
     return {
+        "search_curves": lambda: P.plot_search_curves(arms, hand, 5.0, title="s"),
+        "search_pareto": lambda: P.plot_search_pareto(trials, chosen_trial=0, title="p"),
+        "importances": lambda: P.plot_importances({"a": importance, "b": importance / 2}, title="i"),
         "history": lambda: P.plot_history(_history(), title="t"),
         "trial_curves": lambda: P.plot_trial_curves([_Run("a", _history()), _Run("b", _history(4, 2.0))]),
         "trial_curves_labels": lambda: P.plot_trial_curves([_Run("a", _history())], labels=["first"]),

@@ -1,0 +1,229 @@
+"""Notebook 08's studies: the report's hand trials against search arms at equal compute, the accuracy/cost study of
+the lean CNN, parameter importances, and the winner. The searching itself is Optuna's (see search.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from ..core.splits import Splits
+from .beyond import CANDIDATES, LEAN_RECIPE
+from .profiles import Profile
+from .search import (
+    BEYOND_SPACE,
+    REPORT_SPACE,
+    ArmCurve,
+    Objective,
+    Space,
+    curve,
+    delivered_score,
+    fidelity,
+    hand_params,
+    open_study,
+    optimise,
+    study_curve,
+    trial_compute,
+)
+from .spec import RunSpec
+from .store import RunResult, Store
+
+ARMS = ("random", "tpe", "tpe-pruned")
+MAX_ARM_TRIALS = 200  # an arm stops at its compute budget long before this
+
+
+def study_name(space: Space, arm: str, seed: int, splits: Splits, profile: Profile) -> str:
+    """A study per arm, seed, data and fidelity, so that another profile or data never joins an old study."""
+    ident = f"{splits.provenance['checksum']}|{len(splits.train_labels)}|{fidelity(profile).epochs[space.name]}"
+    return f"{space.name}-{arm}-seed{seed}-{profile.name}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
+
+
+@dataclass
+class SearchSetup:
+    """What every arm shares: the store, the search's splits, the profile, measured throughput, the storage."""
+
+    store: Store
+    splits: Splits
+    profile: Profile
+    throughput: Callable[[RunSpec], float]
+    storage: object
+    device: str | None = None
+
+    def objective(self, space: Space) -> Objective:
+        return Objective(space, self.store, self.splits, self.profile, self.throughput, device=self.device)
+
+
+def hand_arm(setup: SearchSetup) -> tuple[ArmCurve, list[RunResult], list[float]]:
+    """The report's Table 1.2 trials, in the report's order, at the search's fidelity: its curve, results and the
+    compute of each."""
+    space, fid = REPORT_SPACE, fidelity(setup.profile)
+    results, computes = [], []
+    for params in hand_params(space)[: fid.hand_trials]:
+        spec = space.spec(params, fid.epochs[space.name]).bind(setup.splits, setup.profile)
+        result = setup.store.run(spec, setup.splits, device=setup.device, progress=False)
+        results.append(result)
+        computes.append(trial_compute(spec, result.history.epochs, setup.throughput(spec), setup.splits))
+    return curve("hand", 0, [(c, delivered_score(r)) for c, r in zip(computes, results)]), results, computes
+
+
+def search_arm(setup: SearchSetup, arm: str, seed: int, budget: float) -> tuple[ArmCurve, optuna.Study]:
+    """One search arm with one sampler seed, run until its finished trials used `budget` seconds of compute."""
+    name = study_name(REPORT_SPACE, arm, seed, setup.splits, setup.profile)
+    # each arm its own stream of random numbers: seeded alike, random search and TPE's random start would propose
+    # the very same first trials
+    study = open_study(name, setup.storage, space="report", sampler=arm, seed=1000 * ARMS.index(arm) + seed)
+    optimise(study, setup.objective(REPORT_SPACE), MAX_ARM_TRIALS, budget=budget)
+    return study_curve(study, arm, seed), study
+
+
+def arm_table(curves: Sequence[ArmCurve], hand: ArmCurve, budget: float) -> pd.DataFrame:
+    """Per arm: best validation at the hand trials' compute (mean and spread over sampler seeds), and the compute
+    at which each arm first matched the hand trials' best."""
+    target = hand.best[-1]
+    rows = [
+        {
+            "arm": "hand (Table 1.2)",
+            "seeds": 1,
+            "best_val_at_budget": round(target, 2),
+            "spread": 0.0,
+            "compute_to_match_hand_s": round(hand.first_reaching(target), 1),
+            "matched_in_seeds": "1/1",
+        }
+    ]
+    for arm in ARMS:
+        mine = [c for c in curves if c.arm == arm]
+        if not mine:
+            continue
+        best = [c.best_at(budget) for c in mine]
+        reach = [c.first_reaching(target) for c in mine]
+        finite = [r for r in reach if math.isfinite(r)]
+        rows.append(
+            {
+                "arm": arm,
+                "seeds": len(mine),
+                "best_val_at_budget": round(statistics.fmean(best), 2),
+                "spread": round(statistics.stdev(best), 2) if len(best) > 1 else 0.0,
+                "compute_to_match_hand_s": round(statistics.fmean(finite), 1) if finite else math.inf,
+                "matched_in_seeds": f"{len(finite)}/{len(mine)}",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- accuracy against cost
+
+
+def candidate_params() -> list[dict]:
+    """Notebook 05's hand-picked lean candidates as parameters of the beyond space (its recipe, their widths)."""
+    out = []
+    for spec in CANDIDATES:
+        if spec.model.arch != "lean":
+            continue
+        out.append(
+            {
+                "recipe.lr": LEAN_RECIPE.lr,
+                "recipe.weight_decay": LEAN_RECIPE.weight_decay,
+                "recipe.label_smoothing": LEAN_RECIPE.label_smoothing,
+                "model.dropout": spec.model.dropout,
+                "model.c1": spec.model.c1,
+                "model.c2": spec.model.c2,
+                "model.hidden": spec.model.hidden,
+                "recipe.augment": LEAN_RECIPE.augment,
+                "recipe.ema_decay": LEAN_RECIPE.ema_decay,
+                "recipe.sampling": LEAN_RECIPE.sampling,
+            }
+        )
+    return out
+
+
+def beyond_study(setup: SearchSetup, seed: int = 0) -> optuna.Study:
+    """The multi-objective study (validation up, CPU training seconds down); notebook 05's candidates are its first
+    trials, so that they are measured at the same fidelity as everything the search proposes."""
+    name = study_name(BEYOND_SPACE, "tpe", seed, setup.splits, setup.profile)
+    study = open_study(name, setup.storage, space="beyond", sampler="tpe", seed=seed)
+    if not study.trials:
+        for params in candidate_params():
+            study.enqueue_trial(params)
+    optimise(study, setup.objective(BEYOND_SPACE), fidelity(setup.profile).beyond_trials)
+    return study
+
+
+def beyond_table(study: optuna.Study) -> pd.DataFrame:
+    """Every complete trial: its shape, validation score, CPU cost, parameters, whether it is a hand-picked candidate
+    and whether it is on the Pareto front."""
+    front = {t.number for t in study.best_trials}
+    n_candidates = len(candidate_params())
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        p = t.params
+        rows.append(
+            {
+                "trial": t.number,
+                "source": "notebook 05 candidate" if t.number < n_candidates else "search",
+                "widths": f"{p['model.c1']}/{p['model.c2']}/{p['model.hidden']}",
+                "val_balanced_acc": round(t.values[0], 2),
+                "cpu_train_s": round(t.values[1], 1),
+                "pareto": t.number in front,
+                **{k.split(".", 1)[1]: (round(v, 5) if isinstance(v, float) else v) for k, v in p.items()},
+            }
+        )
+    return pd.DataFrame(rows).sort_values("cpu_train_s").reset_index(drop=True)
+
+
+def smallest_near_best(table: pd.DataFrame, within: float = 0.3) -> pd.Series:
+    """The cheapest trial (CPU training seconds) within `within` points of the best validation score."""
+    best = table["val_balanced_acc"].max()
+    near = table[table["val_balanced_acc"] >= best - within]
+    return near.sort_values(["cpu_train_s", "trial"]).iloc[0]
+
+
+def importances(study: optuna.Study, target_index: int = 0) -> pd.Series:
+    """Optuna's fANOVA importance of each parameter for the (first) objective, largest first."""
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    values = optuna.importance.get_param_importances(
+        study, evaluator=evaluator, target=lambda t: t.values[target_index], normalize=True
+    )
+    return pd.Series({k.split(".", 1)[1]: v for k, v in values.items()}, name="importance")
+
+
+def pooled_study(studies: Sequence[optuna.Study], name: str = "pooled") -> optuna.Study:
+    """The finished trials of several studies of one space in one in-memory study (for importances over all arms)."""
+    pooled = optuna.create_study(study_name=name, directions=studies[0].directions)
+    for s in studies:
+        for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            pooled.add_trial(t)
+    return pooled
+
+
+def winner_spec(study: optuna.Study) -> RunSpec:
+    """The beyond study's best trial by validation (the first objective), as an (unbound) run with the lean recipe's
+    full epochs: what is trained with three seeds and tested once."""
+    best = max(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: (t.values[0], -t.number))
+    spec = BEYOND_SPACE.spec(best.params, LEAN_RECIPE.epochs)
+    return spec.with_(name=f"search-winner-trial{best.number}")
+
+
+def winner_table(winner: Sequence[RunResult], tests: Sequence[float], chosen05: Sequence[RunResult]) -> pd.DataFrame:
+    """The winner's seeds (validation mean and spread, and the test mean, read once) beside notebook 05's choice
+    (validation only: its test number is notebook 05's)."""
+
+    def row(name: str, results: Sequence[RunResult]) -> dict:
+        scores = [delivered_score(r) for r in results]
+        return {
+            "model": name,
+            "parameters": results[0].parameters,
+            "seeds": len(scores),
+            "val_balanced_mean": round(statistics.fmean(scores), 2),
+            "val_spread": round(statistics.stdev(scores), 2) if len(scores) > 1 else 0.0,
+        }
+
+    rows = [{**row(winner[0].spec.name, winner), "test_balanced_mean": round(statistics.fmean(tests), 2)}]
+    if chosen05:
+        rows.append({**row(f"notebook 05's choice ({chosen05[0].spec.name})", chosen05), "test_balanced_mean": None})
+    return pd.DataFrame(rows)

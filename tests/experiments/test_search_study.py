@@ -1,0 +1,86 @@
+"""Search spaces, compute accounting and the tables of notebook 08 (emnist_utils.experiments.search and
+search_study), on hand-made numbers: what the notebook's comparisons at equal compute rest on."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from emnist_utils.experiments import search, search_study
+from emnist_utils.experiments.trials import TABLE_1_2
+
+
+def test_hand_trials_are_points_of_the_report_space_and_the_same_runs_as_table_1_2():
+    params = search.hand_params(search.REPORT_SPACE)
+    assert len(params) == 7
+    for p, trial in zip(params, TABLE_1_2):
+        spec = search.REPORT_SPACE.spec(p, 20)
+        assert spec.model == trial.spec.model and spec.recipe == trial.spec.recipe
+
+
+@pytest.mark.parametrize(
+    "params, problem",
+    [
+        ({"model.c1": 7}, "outside search space"),  # off the step grid
+        ({"recipe.lr": 0.5}, "outside search space"),
+        ({"model.depth": 3}, "has no parameter"),
+    ],
+)
+def test_values_outside_the_space_are_refused_naming_them(params, problem):
+    with pytest.raises(search.SearchError, match=problem) as info:
+        search.REPORT_SPACE.spec(params, 1)
+    assert next(iter(params)) in str(info.value)
+
+
+def test_assignments_are_parsed_with_each_distributions_type():
+    parsed = search.parse_assignments("recipe.lr=0.001, model.c1=16,recipe.sampling=sqrt", search.BEYOND_SPACE)
+    assert parsed == {"recipe.lr": 0.001, "model.c1": 16, "recipe.sampling": "sqrt"}
+    for bad in ("recipe.lr=abc", "recipe.sampling=often", "model.c1", "model.c1=17"):
+        with pytest.raises(search.SearchError):
+            search.parse_assignments(bad, search.BEYOND_SPACE)
+
+
+def test_curve_is_the_best_so_far_against_cumulative_compute():
+    c = search.curve("tpe", 0, [(2.0, 40.0), (1.0, None), (3.0, 38.0), (4.0, 45.0)])
+    assert c.compute == [2.0, 3.0, 6.0, 10.0] and c.best == [40.0, 40.0, 40.0, 45.0]
+    assert math.isnan(c.best_at(1.9)) and c.best_at(6.0) == 40.0 and c.best_at(100) == 45.0
+    assert c.first_reaching(42.0) == 10.0 and c.first_reaching(46.0) == math.inf
+
+
+def test_arm_table_compares_at_the_hand_trials_compute():
+    hand = search.curve("hand", 0, [(5.0, 41.0), (5.0, 43.0)])
+    arms = [
+        search.curve("random", 0, [(4.0, 42.0), (4.0, 44.0), (4.0, 46.0)]),  # 44 at 10 s, matched 43 at 8 s
+        search.curve("random", 1, [(6.0, 40.0), (6.0, 41.0)]),  # 40 at 10 s, never matched
+    ]
+    table = search_study.arm_table(arms, hand, 10.0).set_index("arm")
+    assert table.loc["hand (Table 1.2)", "best_val_at_budget"] == 43.0
+    assert table.loc["random", "best_val_at_budget"] == 42.0  # mean of 44 and 40
+    assert table.loc["random", "spread"] == pytest.approx(2.83, abs=0.01)
+    assert table.loc["random", "compute_to_match_hand_s"] == 8.0 and table.loc["random", "matched_in_seeds"] == "1/2"
+
+
+def test_smallest_within_the_margin_of_the_best():
+    table = pd.DataFrame(
+        {
+            "trial": [0, 1, 2, 3],
+            "val_balanced_acc": [89.0, 89.75, 90.0, 88.0],
+            "cpu_train_s": [100.0, 200.0, 400.0, 10.0],
+        }
+    )
+    assert search_study.smallest_near_best(table)["trial"] == 1  # 89.75 is within 0.3 of 90.0; 89.0 is not
+    assert search_study.smallest_near_best(table, within=1.0)["trial"] == 0
+
+
+def test_redacted_urls_hide_the_password():
+    assert search.redact("postgresql://me:secret@127.0.0.1:5432/db") == "postgresql://me:***@127.0.0.1:5432/db"
+    assert search.redact("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_trial_compute_counts_the_epochs_trained(small_splits):
+    spec = search.REPORT_SPACE.spec({}, 4)
+    one = search.trial_compute(spec, 1, 1000.0, small_splits)
+    assert search.trial_compute(spec, 3, 1000.0, small_splits) == pytest.approx(3 * one)
+    assert one == pytest.approx(len(small_splits.train_labels) / 1000 + len(small_splits.val_labels) / 3000)
