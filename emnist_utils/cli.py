@@ -46,7 +46,10 @@ from .experiments.trials import TABLES
 from .main_job import NotebookError, run_main_job
 
 PROG = "python -m emnist_utils"
-STUDIES = {**{s.name: s.specs for s in COMPARISON_STUDIES}, "beyond": beyond.specs}
+STUDIES = {
+    **{s.name: s.specs for s in (*COMPARISON_STUDIES, beyond.LEAN_DROPOUT_STUDY)},
+    "beyond": beyond.specs,
+}
 
 
 def _common() -> argparse.ArgumentParser:

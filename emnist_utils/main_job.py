@@ -33,7 +33,7 @@ from nbclient.exceptions import CellExecutionError, DeadKernelError
 from .core.data import EMNIST, load_emnist
 from .core.paths import PROJECT_ROOT, cache_dir, ensure_writable, output_root, shown, write_text_atomic
 from .core.splits import make_splits
-from .experiments import beyond
+from .experiments import beyond, search_study
 from .experiments.baselines import baseline_cached, run_baselines
 from .experiments.baselines import estimate_seconds as estimate_baseline
 from .experiments.catalogue import notebook_baselines, notebook_runs
@@ -201,6 +201,7 @@ class PlanRow:
     estimate: float  # seconds of training of its new runs (one process)
     baselines: list[str] = field(default_factory=list)
     new: int = 0  # runs to train that no earlier notebook of the plan trains
+    search: dict[str, float] = field(default_factory=dict)  # notebook 08: its search's parts, seconds (one process)
 
 
 @dataclass
@@ -212,8 +213,17 @@ class Plan:
     baselines_todo: dict[str, float]  # baseline name -> seconds (fitted one after the other)
 
     @property
+    def search_estimate(self) -> float:
+        """Notebook 08's search runs inside the notebook, one trial after another: its cost adds to the wall time."""
+        return sum(sum(r.search.values()) for r in self.rows)
+
+    @property
     def wall_estimate(self) -> float:
-        return schedule_wall_time(list(self.estimates.values()), self.jobs) + sum(self.baselines_todo.values())
+        return (
+            schedule_wall_time(list(self.estimates.values()), self.jobs)
+            + sum(self.baselines_todo.values())
+            + self.search_estimate
+        )
 
     def describe(self, profile: Profile, device: str) -> str:
         width = max(len(r.notebook) for r in self.rows) if self.rows else 10
@@ -224,6 +234,14 @@ class Plan:
         ]
         for r in self.rows:
             extra = f" + {len(r.baselines)} baselines" if r.baselines else ""
+            if r.search:
+                searching = {k: v for k, v in r.search.items() if k != search_study.WINNER}
+                parts = ", ".join(f"{k} {describe_estimate(v)}" for k, v in searching.items())
+                extra += (
+                    f" + search {describe_estimate(sum(searching.values()))} ({parts})"
+                    f" + {search_study.WINNER} {describe_estimate(r.search.get(search_study.WINNER, 0.0))},"
+                    " at most, if nothing is cached"
+                )
             lines.append(
                 f"  {r.notebook:{width}s}  {len(r.runs):4d}  {r.cached:6d}  {r.new:3d}  "
                 f"{describe_estimate(r.estimate)}{extra}"
@@ -272,6 +290,10 @@ def make_plan(
         )
     for row in rows:
         row.estimate += sum(baselines.get(b, 0.0) for b in row.baselines)
+        if Path(row.notebook).stem == search_study.NOTEBOOK:
+            row.search = search_study.estimated_seconds(
+                profile, data, lambda s: calibration.throughputs([s], data.num_classes)[s.key()]
+            )
     return Plan(rows, todo, estimates, jobs, baselines)
 
 

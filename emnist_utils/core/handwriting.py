@@ -75,17 +75,22 @@ def _check_regular_file(path: Path, name: str) -> None:
     and a device such as /dev/zero never ends, so either would hang the caller instead of failing."""
     try:
         mode = path.stat().st_mode
-    except FileNotFoundError as exc:
-        raise ImageError(f"{name}: no such file") from exc
-    except PermissionError as exc:
-        raise ImageError(f"{name}: cannot be read (permission denied); check its permissions (ls -l {name})") from exc
     except OSError as exc:
-        raise ImageError(f"{name}: cannot be read ({exc.strerror or exc})") from exc
+        raise _cannot_open(name, exc) from exc
     if stat.S_ISDIR(mode):
         raise ImageError(f"{name}: is a folder, not an image file")
     if not stat.S_ISREG(mode):
         kind = next((k for test, k in _NOT_REGULAR if test(mode)), "something other than a file")
         raise ImageError(f"{name}: not a regular file ({kind}); give a picture file (PNG or JPEG)")
+
+
+def _cannot_open(name: str, exc: OSError) -> ImageError:
+    """One line for a picture the operating system will not hand over, saying what the user can check."""
+    if isinstance(exc, FileNotFoundError):
+        return ImageError(f"{name}: no such file")
+    if isinstance(exc, PermissionError):
+        return ImageError(f"{name}: cannot be read (permission denied); check its permissions (ls -l {name})")
+    return ImageError(f"{name}: cannot be read ({exc.strerror or exc})")
 
 
 def read_image(source: str | os.PathLike | BinaryIO, name: str | None = None) -> np.ndarray:
@@ -115,10 +120,8 @@ def read_image(source: str | os.PathLike | BinaryIO, name: str | None = None) ->
                 return to_gray(image)
     except ImageError:
         raise
-    except FileNotFoundError as exc:
-        raise ImageError(f"{name}: no such file") from exc
-    except PermissionError as exc:
-        raise ImageError(f"{name}: cannot be read (permission denied); check its permissions (ls -l {name})") from exc
+    except (FileNotFoundError, PermissionError) as exc:
+        raise _cannot_open(name, exc) from exc
     except UnidentifiedImageError as exc:
         raise ImageError(f"{name}: not an image this program can read (PNG or JPEG expected)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -22,7 +22,7 @@ from ..core.trained_model import LogitAdjustment, TrainedModel
 from .profiles import Profile
 from .spec import RunSpec
 from .store import RunResult
-from .studies import SEEDS
+from .studies import SEEDS, dropout_study
 from .trials import REPORT_FINAL
 
 # The recipe of the lean models: AdamW with a OneCycle schedule, label smoothing, batch augmentation,
@@ -63,6 +63,13 @@ class Step:
 
 
 FINAL_SPEC = _run("lean-final", LEAN, LEAN_RECIPE)
+
+# Notebook 06's dropout study on the lean CNN, on the comparisons' budget (10 epochs, as the report's model there).
+LEAN_DROPOUT_STUDY = dropout_study(
+    "dropout_study_lean",
+    "Dropout before the last layer of the lean CNN 32-64-128 (lean recipe, 10 epochs)",
+    FINAL_SPEC.with_(recipe=LEAN_RECIPE.with_(epochs=10), name="lean-10ep"),
+)
 
 LADDER = (
     Step("report model, report recipe", REPORT_FINAL, "raw", SEEDS, "the report's Architecture 2 trial 1, 20 epochs"),

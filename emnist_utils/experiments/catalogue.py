@@ -24,7 +24,9 @@ def notebook_runs(profile: Profile, chosen: Chooser | None = None) -> dict[str, 
         "03_architecture2_trials": [t.spec for t in TABLE_1_2],
         "04_final_model": [t.spec for t in TABLE_1_2] + [NAMED_RUNS["fast"], NAMED_RUNS["cpu"]],
         "05_beyond_the_report": unique_specs(beyond.specs(profile, chosen)),
-        "06_baselines_and_depth": unique_specs([s for study in COMPARISON_STUDIES for s in study.specs(profile)]),
+        "06_baselines_and_depth": unique_specs(
+            [s for study in (*COMPARISON_STUDIES, beyond.LEAN_DROPOUT_STUDY) for s in study.specs(profile)]
+        ),
     }
 
 

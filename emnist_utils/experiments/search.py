@@ -14,8 +14,9 @@ calibration), in seconds. A pruned trial costs the epochs it trained.
 Studies live in an Optuna storage: by default a journal file under the cache (several worker processes of one
 machine share it), or any Optuna storage URL (PostgreSQL for many machines). With a database, each running trial
 sends a heartbeat; a trial whose worker died is failed once its heartbeat is stale and queued again with the same
-parameters (Optuna's RetryFailedTrialCallback), so nothing is lost. On the journal file, which has no heartbeat, a
-trial whose worker process on this machine is gone is failed and queued again the same way.
+parameters (Optuna's RetryHeartbeatStaleTrialCallback, which replaced RetryFailedTrialCallback), so nothing is lost.
+On the journal file, which has no heartbeat, a trial whose worker process on this machine is gone is failed and queued
+again the same way.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ import optuna
 import pandas as pd
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
@@ -198,8 +200,8 @@ class Fidelity:
 
 FIDELITY = {
     "smoke": Fidelity(None, {"report": 1, "beyond": 1}, (0,), 3, 4),
-    "quick": Fidelity(None, {"report": 2, "beyond": 3}, (0,), 7, 12),
-    "full": Fidelity(20_000, {"report": 5, "beyond": 8}, (0, 1, 2), 7, 40),
+    "quick": Fidelity(None, {"report": 2, "beyond": 2}, (0,), 7, 8),
+    "full": Fidelity(10_000, {"report": 4, "beyond": 6}, (0, 1, 2), 7, 40),
 }
 
 
@@ -247,7 +249,7 @@ def open_storage(url: str | None = None, *, root: Path | None = None):
             engine_kwargs={"connect_args": {"connect_timeout": 10}} if url.startswith("postgresql") else {},
             heartbeat_interval=HEARTBEAT_SECONDS,
             grace_period=GRACE_SECONDS,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=MAX_RETRIES),
+            heartbeat_stale_trial_callback=retry_callback(),
         )
     except Exception as exc:  # sqlalchemy's and the driver's errors: one line with the cause
         raise SearchError(f"cannot use the study storage {redact(url)}: {_first_line(exc)}") from exc
@@ -273,8 +275,9 @@ def open_study(
 ) -> optuna.Study:
     """Load study `name`, or create it for `space` with `sampler` (`random`, `tpe`, `tpe-pruned`). A study records
     its space, sampler and seed, so that every worker on every machine joining it searches the same way. A lone
-    worker samples with the recorded seed (the search is then repeatable); `one_of_many` workers each seed their
-    sampler from the recorded seed and their own identity, so that they do not all propose the same trials."""
+    worker samples with the recorded seed and the number of trials the study already has (a search is repeatable, and
+    one resumed after an interruption does not propose again what the first command proposed); `one_of_many` workers
+    also mix in their own identity, so that they do not all propose the same trials."""
     try:
         existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     except Exception as exc:
@@ -284,13 +287,18 @@ def open_study(
         if space is not None and attrs.get("space") != space:
             raise SearchError(f"study {name!r} searches space {attrs.get('space')!r}, not {space!r}")
         space, sampler, seed = attrs["space"], attrs["sampler"], attrs["seed"]
-    elif space is None or not create:
+        trials_before = existing[name].n_trials
+    else:
+        trials_before = 0
+    if name not in existing and (space is None or not create):
         known = ", ".join(sorted(existing)) or "none"
         raise SearchError(
             f"no study named {name!r} in this storage (studies there: {known}); create it with --space NAME"
         )
     chosen = get_space(space)
-    sampler_seed = seed if not one_of_many else hash((seed, worker_id())) % 2**31
+    sampler_seed = seed if trials_before == 0 else hash((seed, trials_before)) % 2**31
+    if one_of_many:
+        sampler_seed = hash((seed, trials_before, worker_id())) % 2**31
     if sampler not in SAMPLERS:
         raise SearchError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if sampler == "tpe-pruned" and len(chosen.directions) > 1:
@@ -317,6 +325,7 @@ def open_study(
         if name not in existing:
             for key, value in (("space", space), ("sampler", sampler), ("seed", seed)):
                 study.set_user_attr(key, value)
+            study.set_metric_names(list(chosen.objectives))  # what optuna-dashboard calls the objectives
     except Exception as exc:
         raise SearchError(f"cannot open study {name!r}: {_first_line(exc)}") from exc
     return study
@@ -401,6 +410,15 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    """Optuna's retry of a dead worker's trial (same parameters, queued again), at most MAX_RETRIES times. It is
+    marked experimental since Optuna 2.8 (and replaced RetryFailedTrialCallback in 4.9): that warning says nothing
+    a user of this command can act on, so it is not shown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+
+
 def requeue_dead_local_workers(study: optuna.Study) -> int:
     """Fail the running trials whose worker process on this machine is gone, and queue them again with the same
     parameters (what the heartbeat does on a database; a journal file has none). Returns how many."""
@@ -416,7 +434,7 @@ def requeue_dead_local_workers(study: optuna.Study) -> int:
             study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         except Exception:  # another worker failed it first
             continue
-        RetryFailedTrialCallback(max_retry=MAX_RETRIES)(study, study._storage.get_trial(trial._trial_id))
+        retry_callback()(study, study._storage.get_trial(trial._trial_id))
         count += 1
     return count
 
@@ -455,8 +473,15 @@ def optimise(
         return len(active) > n_trials or (budget is not None and spent() >= budget)
 
     objective.limit = surplus
+    heartbeat = is_heartbeat_enabled(study._storage)  # a database: a dead worker's trial is failed when it goes stale
     while not enough():
-        if not isinstance(study._storage, RDBStorage):
+        if heartbeat:
+            # Optuna only looks for stale trials when it starts one; a worker waiting for the last trials looks too,
+            # or a trial of a worker that died on another machine would keep every other worker waiting for ever.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+        else:
             requeue_dead_local_workers(study)
         states = [t.state for t in study.get_trials(deepcopy=False)]
         active = sum(s in FINISHED or s == TrialState.RUNNING for s in states)

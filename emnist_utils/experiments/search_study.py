@@ -13,7 +13,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from ..core.splits import Splits
+from ..core.splits import Splits, make_splits
 from .beyond import CANDIDATES, LEAN_RECIPE
 from .profiles import Profile
 from .search import (
@@ -28,11 +28,13 @@ from .search import (
     hand_params,
     open_study,
     optimise,
+    search_splits,
     study_curve,
     trial_compute,
 )
 from .spec import RunSpec
 from .store import RunResult, Store
+from .studies import SEEDS
 
 ARMS = ("random", "tpe", "tpe-pruned")
 MAX_ARM_TRIALS = 200  # an arm stops at its compute budget long before this
@@ -227,3 +229,33 @@ def winner_table(winner: Sequence[RunResult], tests: Sequence[float], chosen05: 
     if chosen05:
         rows.append({**row(f"notebook 05's choice ({chosen05[0].spec.name})", chosen05), "test_balanced_mean": None})
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- what it costs (the main job's plan)
+
+NOTEBOOK = "08_searching_instead_of_hand_tuning"
+WINNER = "the winner's seeds"  # trained like notebook 05's candidates (full recipe), after the search
+
+
+def estimated_seconds(profile: Profile, data, throughput: Callable[[RunSpec], float]) -> dict[str, float]:
+    """Seconds of one process's training that notebook 08 needs under `profile`, from measured throughput: the
+    hand arm; every search arm at the hand arm's compute (a last trial may overshoot it a little); the accuracy/cost
+    study at the base lean CNN's cost per trial (its trials vary around it); the winner's seeds in full (at the
+    base lean CNN's cost: the winner is only known after the study)."""
+    fid = fidelity(profile)
+    splits = search_splits(data, profile)
+    hand = 0.0
+    for params in hand_params(REPORT_SPACE)[: fid.hand_trials]:
+        spec = REPORT_SPACE.spec(params, fid.epochs["report"]).bind(splits, profile)
+        hand += trial_compute(spec, spec.recipe.epochs, throughput(spec), splits)
+    base = BEYOND_SPACE.spec({}, fid.epochs["beyond"]).bind(splits, profile)
+    per_trial = trial_compute(base, base.recipe.epochs, throughput(base), splits)
+    full_splits = make_splits(data, 0, **profile.limits())
+    winner = BEYOND_SPACE.spec({}, LEAN_RECIPE.epochs).bind(full_splits, profile)
+    seeds = len(profile.seeds(SEEDS))
+    return {
+        "hand arm": hand,
+        "search arms": hand * len(ARMS) * len(fid.sampler_seeds),
+        "accuracy/cost study": per_trial * fid.beyond_trials,
+        WINNER: seeds * trial_compute(winner, winner.recipe.epochs, throughput(winner), full_splits),
+    }

@@ -127,7 +127,28 @@ NORMALISATION_STUDY = Study(
     ),
 )
 
-COMPARISON_STUDIES = (DEPTH_STUDY, ACTIVATION_STUDY, OPTIMIZER_STUDY, NORMALISATION_STUDY)
+DROPOUTS = (0.0, 0.1, 0.3, 0.5)
+
+
+def dropout_study(name: str, title: str, base: RunSpec) -> Study:
+    """Dropout alone, every other setting as `base` (in the report's tables it only ever changed with the widths);
+    the baseline row is `base`'s own dropout (added to DROPOUTS when it is not one of them)."""
+    values = sorted({*DROPOUTS, base.model.dropout})
+    variants = tuple(
+        Variant(
+            f"dropout {p:g}" + (" (as defined)" if p == base.model.dropout else ""),
+            base.with_(model=base.model.with_(dropout=p), name=f"{base.name}-dropout{p:g}"),
+        )
+        for p in values
+    )
+    return Study(name, title, variants, baseline=values.index(base.model.dropout))
+
+
+ARCH2_DROPOUT_STUDY = dropout_study(
+    "dropout_study_arch2", "Dropout before the last layer of Architecture 2, same budget", COMPARISON_BASE
+)
+
+COMPARISON_STUDIES = (DEPTH_STUDY, ACTIVATION_STUDY, OPTIMIZER_STUDY, NORMALISATION_STUDY, ARCH2_DROPOUT_STUDY)
 
 
 # ----------------------------------------------------------------------------- running and tabulating

@@ -23,6 +23,7 @@ STUDY_GROUPS = {
     "activation_study": "activations (10 epochs)",
     "optimizer_study": "optimisers (10 epochs)",
     "normalisation_study": "normalisation (10 epochs)",
+    "dropout_study_arch2": "dropout (10 epochs)",
 }
 
 

@@ -427,7 +427,15 @@ def _cannot_list(folder: Path) -> str:
 
 
 def _load_statement(root: Path, split: str | None) -> str:
-    return f"from emnist_utils.core.data import load_emnist; load_emnist({str(root)!r}, {split!r}, download=False)"
+    """Loading `root` with `split`, where None means no split named anywhere: EMNIST_SPLIT (set on CI) is hidden, so
+    the split is looked for in the folder as a user who names none would have it."""
+    return (
+        "import os, unittest.mock\n"
+        "from emnist_utils.core.data import load_emnist\n"
+        "with unittest.mock.patch.dict(os.environ):\n"
+        "    os.environ.pop('EMNIST_SPLIT', None)\n"
+        f"    load_emnist({str(root)!r}, {split!r}, download=False)\n"
+    )
 
 
 # case: (the folder made unlistable, relative to the data folder, its mode); "." is the data folder itself

@@ -63,7 +63,8 @@ def test_final_model_notebook_lists_the_table_and_the_named_runs():
 @pytest.mark.parametrize("profile", ["full", "quick"])
 def test_studies_notebook_lists_every_study_run_once(profile):
     specs = notebook_runs(PROFILES[profile])["06_baselines_and_depth"]
-    wanted = {identity(s) for study in COMPARISON_STUDIES for s in study.specs(PROFILES[profile])}
+    studies = (*COMPARISON_STUDIES, beyond.LEAN_DROPOUT_STUDY)
+    wanted = {identity(s) for study in studies for s in study.specs(PROFILES[profile])}
     assert {identity(s) for s in specs} == wanted
     assert len(specs) == len(wanted)
     assert {s.seed for s in specs} == set(PROFILES[profile].seeds(SEEDS))

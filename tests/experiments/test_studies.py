@@ -10,9 +10,11 @@ import pytest
 from helpers import fake_result, tiny_spec
 
 from emnist_utils.core.registry import build_model, count_parameters
+from emnist_utils.experiments.beyond import LEAN_DROPOUT_STUDY
 from emnist_utils.experiments.profiles import PROFILES, Profile
 from emnist_utils.experiments.studies import (
     ACTIVATION_STUDY,
+    ARCH2_DROPOUT_STUDY,
     BASELINE_VARIANT,
     COMPARISON_BASE,
     COMPARISON_STUDIES,
@@ -114,9 +116,21 @@ def test_comparison_studies_share_their_baseline():
     specs = [s for study in COMPARISON_STUDIES for s in study.specs(FULL)]
     unique = unique_specs(specs)
     baseline = [s for s in unique if s.with_(name="", seed=0) == COMPARISON_BASE.with_(name="")]
-    assert sorted(s.seed for s in baseline) == [0, 1, 2]  # four studies, one baseline run per seed
+    assert sorted(s.seed for s in baseline) == [0, 1, 2]  # every study, one baseline run per seed
     variants = sum(len(study.variants) for study in COMPARISON_STUDIES)
-    assert len(specs) == 3 * variants and len(unique) == 3 * (variants - 3)
+    shared = len(COMPARISON_STUDIES) - 1  # rows that repeat the baseline of another study
+    assert len(specs) == 3 * variants and len(unique) == 3 * (variants - shared)
+
+
+@pytest.mark.parametrize("study", [ARCH2_DROPOUT_STUDY, LEAN_DROPOUT_STUDY])
+def test_dropout_studies_change_dropout_alone(study):
+    """Issue 21: dropout 0 / 0.1 / 0.3 / 0.5 (and the model's own, the baseline row), nothing else changing."""
+    base = study.variants[study.baseline].spec
+    assert {v.spec.model.dropout for v in study.variants} >= {0.0, 0.1, 0.3, 0.5}
+    for v in study.variants:
+        assert v.spec.recipe == base.recipe and v.spec.model.with_(dropout=base.model.dropout) == base.model
+        assert len(v.seeds) == 3
+    assert len({v.spec.model.dropout for v in study.variants}) == len(study.variants)
 
 
 # ----------------------------------------------------------------------------- tables
