@@ -231,6 +231,15 @@ def winner_table(winner: Sequence[RunResult], tests: Sequence[float], chosen05: 
     return pd.DataFrame(rows)
 
 
+def replaces_notebook_05(winner: Sequence[RunResult], chosen05: Sequence[RunResult]) -> bool:
+    """Whether the search's winner becomes results/best_model.pt: only against a trained notebook 05 choice, and
+    only if its validation mean (what the trained-model files deliver) is higher. Decided on validation alone, so
+    the test numbers both notebooks print cannot have chosen the delivered model."""
+    if not winner or not chosen05:
+        return False
+    return statistics.fmean(map(delivered_score, winner)) > statistics.fmean(map(delivered_score, chosen05))
+
+
 # ----------------------------------------------------------------------------- what it costs (the main job's plan)
 
 NOTEBOOK = "08_searching_instead_of_hand_tuning"

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from emnist_utils.experiments import search, search_study
+from emnist_utils.experiments.store import RunResult
 from emnist_utils.experiments.trials import TABLE_1_2
 
 
@@ -84,3 +85,24 @@ def test_trial_compute_counts_the_epochs_trained(small_splits):
     one = search.trial_compute(spec, 1, 1000.0, small_splits)
     assert search.trial_compute(spec, 3, 1000.0, small_splits) == pytest.approx(3 * one)
     assert one == pytest.approx(len(small_splits.train_labels) / 1000 + len(small_splits.val_labels) / 3000)
+
+
+@pytest.mark.parametrize(
+    "winner, chosen05, replaces",
+    [
+        ([90.0, 90.2, 90.4], [89.9, 90.1, 90.3], True),  # higher mean
+        ([90.0, 90.2, 90.4], [90.0, 90.2, 90.4], False),  # a tie keeps notebook 05's choice
+        ([91.0, 89.0, 89.0], [89.8, 89.8, 89.8], False),  # one lucky seed does not make a higher mean
+        ([90.0], [], False),  # notebook 05's candidates not trained under this profile
+    ],
+)
+def test_winner_replaces_notebook_05_only_on_a_higher_validation_mean(winner, chosen05, replaces):
+    def runs(scores):
+        out = []
+        for score in scores:
+            run = RunResult.__new__(RunResult)
+            run.metrics = {"selection_metric": "balanced", "val_balanced_acc_adjusted": score, "val_acc_adjusted": 0.0}
+            out.append(run)
+        return out
+
+    assert search_study.replaces_notebook_05(runs(winner), runs(chosen05)) is replaces
