@@ -22,9 +22,9 @@ def test_full_trains_every_epoch(epochs):
 
 
 @pytest.mark.parametrize(
-    "epochs, expected", [(1, 1), (3, 1), (4, 1), (5, 2), (6, 2), (10, 3), (12, 3), (20, 3), (30, 3)]
+    "epochs, expected", [(1, 1), (3, 1), (4, 1), (5, 2), (6, 2), (10, 2), (12, 2), (20, 2), (30, 2)]
 )
-def test_quick_trains_a_quarter_of_the_epochs_rounded_up_at_most_three(epochs, expected):
+def test_quick_trains_a_quarter_of_the_epochs_rounded_up_at_most_two(epochs, expected):
     assert QUICK.epochs(epochs) == expected
 
 
