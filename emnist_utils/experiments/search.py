@@ -296,9 +296,10 @@ def open_study(
             f"no study named {name!r} in this storage (studies there: {known}); create it with --space NAME"
         )
     chosen = get_space(space)
-    sampler_seed = seed if trials_before == 0 else hash((seed, trials_before)) % 2**31
     if one_of_many:
         sampler_seed = hash((seed, trials_before, worker_id())) % 2**31
+    else:
+        sampler_seed = hash((seed, trials_before)) % 2**31 if trials_before else seed
     if sampler not in SAMPLERS:
         raise SearchError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if sampler == "tpe-pruned" and len(chosen.directions) > 1:
@@ -411,12 +412,9 @@ def finished_count(study: optuna.Study) -> int:
 
 
 def retry_callback() -> RetryHeartbeatStaleTrialCallback:
-    """Optuna's retry of a dead worker's trial (same parameters, queued again), at most MAX_RETRIES times. It is
-    marked experimental since Optuna 2.8 (and replaced RetryFailedTrialCallback in 4.9): that warning says nothing
-    a user of this command can act on, so it is not shown."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+    """Optuna's retry of a dead worker's trial (same parameters, queued again), at most MAX_RETRIES times. It
+    replaced RetryFailedTrialCallback in Optuna 4.9 and is marked experimental (silenced with the others above)."""
+    return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
 
 
 def requeue_dead_local_workers(study: optuna.Study) -> int:
@@ -478,9 +476,7 @@ def optimise(
         if heartbeat:
             # Optuna only looks for stale trials when it starts one; a worker waiting for the last trials looks too,
             # or a trial of a worker that died on another machine would keep every other worker waiting for ever.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
+            optuna.storages.fail_stale_trials(study)
         else:
             requeue_dead_local_workers(study)
         states = [t.state for t in study.get_trials(deepcopy=False)]
