@@ -33,7 +33,7 @@ from nbclient.exceptions import CellExecutionError, DeadKernelError
 from .core.data import EMNIST, load_emnist
 from .core.paths import PROJECT_ROOT, cache_dir, ensure_writable, output_root, shown, write_text_atomic
 from .core.splits import make_splits
-from .experiments import beyond, search_study
+from .experiments import beyond, final, search_study
 from .experiments.baselines import baseline_cached, run_baselines
 from .experiments.baselines import estimate_seconds as estimate_baseline
 from .experiments.catalogue import notebook_baselines, notebook_runs
@@ -202,6 +202,7 @@ class PlanRow:
     baselines: list[str] = field(default_factory=list)
     new: int = 0  # runs to train that no earlier notebook of the plan trains
     search: dict[str, float] = field(default_factory=dict)  # notebook 08: its search's parts, seconds (one process)
+    inside: dict[str, float] = field(default_factory=dict)  # notebook 09: runs it trains itself, seconds (one process)
 
 
 @dataclass
@@ -214,8 +215,9 @@ class Plan:
 
     @property
     def search_estimate(self) -> float:
-        """Notebook 08's search runs inside the notebook, one trial after another: its cost adds to the wall time."""
-        return sum(sum(r.search.values()) for r in self.rows)
+        """Notebook 08's search and notebook 09's runs are trained inside the notebook, one after another: their cost
+        adds to the wall time."""
+        return sum(sum(r.search.values()) + sum(r.inside.values()) for r in self.rows)
 
     @property
     def wall_estimate(self) -> float:
@@ -240,6 +242,12 @@ class Plan:
                 extra += (
                     f" + search {describe_estimate(sum(searching.values()))} ({parts})"
                     f" + {search_study.WINNER} {describe_estimate(r.search.get(search_study.WINNER, 0.0))},"
+                    " at most, if nothing is cached"
+                )
+            if r.inside:
+                parts = ", ".join(f"{k} {describe_estimate(v)}" for k, v in r.inside.items())
+                extra += (
+                    f" + trained in the notebook {describe_estimate(sum(r.inside.values()))} ({parts}),"
                     " at most, if nothing is cached"
                 )
             lines.append(
@@ -294,6 +302,14 @@ def make_plan(
             row.search = search_study.estimated_seconds(
                 profile, data, lambda s: calibration.throughputs([s], data.num_classes)[s.key()]
             )
+        if Path(row.notebook).stem == final.NOTEBOOK:
+            base = beyond.chooser(lambda s: store.cached(s.bind(splits, profile)))(beyond.CANDIDATES)
+
+            def seconds(spec: RunSpec, images: int) -> float:
+                rate = calibration.throughputs([spec], data.num_classes)[spec.key()]
+                return estimate_seconds(spec, rate, images, n_val)
+
+            row.inside = final.estimated_seconds(profile, base or beyond.FINAL_SPEC, splits, seconds)
     return Plan(rows, todo, estimates, jobs, baselines)
 
 

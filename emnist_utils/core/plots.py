@@ -430,3 +430,26 @@ def plot_importances(importances: dict, title: str = "") -> plt.Figure:
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_protocol(table, title: str = "") -> plt.Figure:
+    """Test balanced accuracy of each row of the final-model protocol: the mean of its seeds with their spread
+    (bars), each seed (dots) and the ensemble of its seeds (a cross)."""
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(table) + 1.6))
+    y = np.arange(len(table))[::-1]
+    means = table["test_balanced_mean_%"].to_numpy(dtype=float)
+    spread = np.nan_to_num(table["test_balanced_std"].to_numpy(dtype=float))
+    ax.barh(y, means, xerr=spread, color="C0", alpha=0.5, capsize=4, label="mean of seeds (+- std)")
+    for yi, per_seed in zip(y, table["test_balanced_per_seed_%"]):
+        values = [float(v) for v in str(per_seed).split(" / ")]
+        ax.scatter(values, [yi] * len(values), color="C0", s=18, zorder=3)
+    ax.scatter(table["ensemble_test_balanced_%"], y, marker="x", color="C3", s=60, zorder=4, label="ensemble of seeds")
+    labels = [f"{m} ({t})" for m, t in zip(table["model"], table["trained_on"])]
+    ax.set_yticks(y, labels)
+    low = float(np.nanmin(np.concatenate([means - spread, table["ensemble_test_balanced_%"].to_numpy(float)])))
+    high = float(np.nanmax(np.concatenate([means + spread, table["ensemble_test_balanced_%"].to_numpy(float)])))
+    ax.set_xlim(low - 1.0, high + 0.5)
+    ax.set(xlabel="test balanced accuracy (%)")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    return fig

@@ -9,7 +9,7 @@ the run was interrupted before it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -71,6 +71,7 @@ class Splits:
     test_balanced: bool = True  # whether the data's whole test split has as many images of every class
     train_limit: int | None = None  # the limits make_splits applied (None: all), recorded with every run
     val_limit: int | None = None
+    validation_trained: bool = False  # the validation images are also in the training part (a refit)
 
     @property
     def num_classes(self) -> int:
@@ -82,6 +83,23 @@ class Splits:
     def train_prior(self) -> torch.Tensor:
         """Class frequencies of the training part (what an unweighted model learns to expect)."""
         return prior_from_counts(class_counts(self.train_labels, self.num_classes))
+
+    def with_validation_trained(self) -> Splits:
+        """The refit's splits: every labelled image (training and validation) in the training part, normalised by
+        their own statistics. The validation part stays for monitoring only: those images are now trained on, so
+        nothing may be chosen on them; a refit takes every setting from its train-only twin."""
+        if self.validation_trained:
+            return self
+        train_images = torch.cat([self.train_images, self.val_images])
+        mean, std = normalisation_constants(train_images)
+        return replace(
+            self,
+            train_images=train_images,
+            train_labels=torch.cat([self.train_labels, self.val_labels]),
+            mean=mean,
+            std=std,
+            validation_trained=True,
+        )
 
     @property
     def test_is_balanced(self) -> bool:
@@ -154,7 +172,8 @@ class Batches:
     """Mini-batches sliced from in-memory uint8 tensors, normalised per batch on the target device.
 
     With `weights`, each epoch draws as many examples as there are, with replacement, in proportion to the
-    weights (class-aware sampling); otherwise each epoch is a permutation.
+    weights (class-aware sampling); otherwise each epoch is a permutation. With `soft` (a teacher's probabilities,
+    one row per example), every batch carries its rows as a third element.
     """
 
     def __init__(
@@ -170,9 +189,12 @@ class Batches:
         device: torch.device | str = "cpu",
         channels_last: bool = False,
         weights: torch.Tensor | None = None,
+        soft: torch.Tensor | None = None,
     ):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if soft is not None and len(soft) != len(labels):
+            raise ValueError(f"{len(soft)} rows of soft targets for {len(labels)} labels")
         if weights is not None and (len(weights) != len(labels) or not shuffle):
             raise ValueError("sampling weights need one weight per example and shuffle=True")
         self.device = torch.device(device)
@@ -182,6 +204,7 @@ class Batches:
         self.mean, self.std = mean, std
         self.channels_last = channels_last
         self.weights = weights
+        self.soft = soft.to(self.device) if soft is not None else None
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
@@ -199,14 +222,18 @@ class Batches:
             return torch.multinomial(self.weights, n, replacement=True, generator=gen).to(self.device)
         return torch.randperm(n, generator=gen).to(self.device)
 
-    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+        """(images, labels) batches, or (images, labels, soft targets) when the batches carry soft targets."""
         order = self.order(epoch)
         for start in range(0, len(self.labels), self.batch_size):
             if order is None:
                 idx = slice(start, start + self.batch_size)
             else:
                 idx = order[start : start + self.batch_size]
-            yield self.normalise(self.images[idx]), self.labels[idx]
+            if self.soft is None:
+                yield self.normalise(self.images[idx]), self.labels[idx]
+            else:
+                yield self.normalise(self.images[idx]), self.labels[idx], self.soft[idx]
 
     __iter__ = epoch
 

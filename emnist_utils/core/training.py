@@ -36,6 +36,7 @@ SCHEDULES = ("constant", "onecycle")
 PRECISIONS = ("fp32", "bf16")
 INPUT_NORMS = ("standardise", "unit")
 LOSS_WEIGHTINGS = ("none", "sqrt", "balanced")
+MAX_DISTILL_TEMPERATURE = 20.0
 BN_RECOMPUTE_IMAGES = 8192  # training images used to recompute BatchNorm statistics of averaged weights
 
 
@@ -104,13 +105,15 @@ class Recipe:
     sampling: str = "none"  # class-aware sampling: none | sqrt | balanced
     loss_weighting: str = "none"  # cross-entropy class weights: none | sqrt | balanced (inverse frequency)
     ema_decay: float = 0.0  # exponential moving average of the weights per step; 0 = off
+    distill_weight: float = 0.0  # share of the loss from a teacher's softened probabilities; 0 = no teacher
+    distill_temperature: float = 1.0  # softens teacher and student alike (Hinton et al. 2015)
 
     def __post_init__(self):
         for name in ("batch_size", "epochs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("lr", "weight_decay", "label_smoothing", "ema_decay"):
+        for name in ("lr", "weight_decay", "label_smoothing", "ema_decay", "distill_weight", "distill_temperature"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
@@ -122,6 +125,12 @@ class Recipe:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay!r}")
+        if not 0 <= self.distill_weight <= 1:
+            raise ConfigError(f"distill_weight must be in [0, 1] (0 = no teacher), got {self.distill_weight!r}")
+        if not 0 < self.distill_temperature <= MAX_DISTILL_TEMPERATURE:
+            raise ConfigError(
+                f"distill_temperature must be in (0, {MAX_DISTILL_TEMPERATURE}], got {self.distill_temperature!r}"
+            )
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("precision", self.precision, PRECISIONS)
@@ -220,10 +229,40 @@ def make_loss(recipe: Recipe, labels: torch.Tensor, num_classes: int, device: to
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=recipe.label_smoothing)
 
 
+class DistillationLoss(nn.Module):
+    """Knowledge distillation: `weight` of the loss is the KL divergence from the teacher's probabilities at
+    temperature T to the student's (times T^2, so that its gradients keep their size as T changes), the rest the
+    recipe's own loss on the true labels."""
+
+    def __init__(self, hard: nn.Module, weight: float, temperature: float):
+        super().__init__()
+        self.hard, self.weight, self.temperature = hard, weight, temperature
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+        t = self.temperature
+        student = nn.functional.log_softmax(logits.float() / t, dim=1)
+        kd = nn.functional.kl_div(student, soft, reduction="batchmean") * (t * t)
+        return (1.0 - self.weight) * self.hard(logits, labels) + self.weight * kd
+
+
 def autocast_context(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def distillation_targets(recipe: Recipe, splits: Splits, probabilities: torch.Tensor | None) -> torch.Tensor | None:
+    """The teacher's probabilities a distilling recipe trains on, checked against the training part; None when
+    the recipe does not distil (and then none may be given)."""
+    if recipe.distill_weight <= 0:
+        if probabilities is not None:
+            raise ConfigError("teacher probabilities were given to a recipe that does not distil (distill_weight 0)")
+        return None
+    expected = (len(splits.train_labels), splits.num_classes)
+    if probabilities is None or tuple(probabilities.shape) != expected:
+        found = None if probabilities is None else tuple(probabilities.shape)
+        raise ConfigError(f"a distilling recipe needs teacher probabilities of shape {expected}, got {found}")
+    return probabilities.to(torch.float32)
 
 
 def make_ema(model: nn.Module, recipe: Recipe) -> torch.optim.swa_utils.AveragedModel | None:
@@ -283,12 +322,12 @@ def train_one_epoch(
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
-    for x, y in tqdm(batches.epoch(epoch), total=len(batches), leave=False, unit="batch", disable=not progress):
+    for x, y, *soft in tqdm(batches.epoch(epoch), total=len(batches), leave=False, unit="batch", disable=not progress):
         if augment is not None:
             x = augment(x)
         with autocast_context(device, precision):
             logits = model(x)
-            loss = loss_fn(logits, y)
+            loss = loss_fn(logits, y, *soft)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -454,10 +493,12 @@ def fit(
     callbacks: Sequence[EpochCallback] = (),
     progress: bool = True,
     desc: str | None = None,
+    teacher_probabilities: torch.Tensor | None = None,
 ) -> Fitted:
     """Train `model` in place as `recipe` says; with `checkpoint`, save state after every epoch and resume
     from it when called again with the same `run_key`. Callbacks run after the checkpoint is written, so an
-    exception there loses nothing."""
+    exception there loses nothing. A recipe that distils needs `teacher_probabilities`: one row per training
+    image, at the recipe's temperature."""
     device = torch.device(device) if device is not None else pick_device()
     seed_everything(seed)
     channels_last = recipe.channels_last and device.type == "cpu"
@@ -475,10 +516,13 @@ def fit(
         device=device,
         channels_last=channels_last,
         weights=weights,
+        soft=distillation_targets(recipe, splits, teacher_probabilities),
     )
     optimizer = make_optimizer(model, recipe)
     scheduler = make_scheduler(optimizer, recipe, len(train))
     loss_fn = make_loss(recipe, splits.train_labels, splits.num_classes, device)
+    if recipe.distill_weight > 0:
+        loss_fn = DistillationLoss(loss_fn, recipe.distill_weight, recipe.distill_temperature)
     augment = get_augmentation(recipe.augment)
     ema = make_ema(model, recipe)
     history, start_epoch = History(), 0

@@ -156,6 +156,18 @@ def beyond_study(setup: SearchSetup, seed: int = 0) -> optuna.Study:
     return study
 
 
+def finished_beyond_study(setup: SearchSetup, seed: int = 0) -> optuna.Study | None:
+    """The accuracy/cost study notebook 08 ran under this profile and data, if it has all its trials; else None
+    (nothing is searched here)."""
+    name = study_name(BEYOND_SPACE, "tpe", seed, setup.splits, setup.profile)
+    try:
+        study = optuna.load_study(study_name=name, storage=setup.storage)
+    except KeyError:
+        return None
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return study if len(done) >= fidelity(setup.profile).beyond_trials else None
+
+
 def beyond_table(study: optuna.Study) -> pd.DataFrame:
     """Every complete trial: its shape, validation score, CPU cost, parameters, whether it is a hand-picked candidate
     and whether it is on the Pareto front."""

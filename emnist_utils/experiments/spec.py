@@ -25,6 +25,7 @@ TRAINING_ROOTS = [("emnist_utils.experiments.store", "train_run"), ("emnist_util
 # What turns a trained network into the run's trained-model file (normalisation, classes, what is stored and how):
 # an edit there changes what a cached run delivers, so it is part of the key too.
 DELIVERY_ROOTS = [("emnist_utils.experiments.store", "Store"), ("emnist_utils.core.trained_model", "TrainedModel")]
+TRAIN_ON = ("train", "train+val")
 TRAINING_STOP = frozenset(
     {
         "emnist_utils.core.registry.ARCHITECTURES",  # each run adds its own architecture's
@@ -63,12 +64,24 @@ class RunSpec:
     split_seed: int = 0  # the train/validation split
     limits: Limits = field(default_factory=Limits)
     data: str = ""  # sha256 of the data it trains on; "" until bound to data
+    train_on: str = "train"  # which labelled images it trains on: the training part, or "train+val" (a refit)
+    teacher: tuple[str, ...] = ()  # keys of the runs whose averaged probabilities it is distilled from
 
     def __post_init__(self):
         for name in ("seed", "split_seed"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.train_on not in TRAIN_ON:
+            raise ConfigError(f"train_on must be one of {', '.join(TRAIN_ON)}; got {self.train_on!r}")
+        object.__setattr__(self, "teacher", tuple(self.teacher))
+        if any(not isinstance(k, str) or not k for k in self.teacher):
+            raise ConfigError(f"teacher must be the keys of trained runs, got {self.teacher!r}")
+        if bool(self.teacher) != (self.recipe.distill_weight > 0):
+            raise ConfigError(
+                "a distilled run needs both a teacher and a recipe with distill_weight > 0 "
+                f"(got {len(self.teacher)} teacher run(s) and distill_weight={self.recipe.distill_weight})"
+            )
 
     def with_(self, **changes) -> RunSpec:
         return replace(self, **changes)
@@ -110,6 +123,8 @@ class RunSpec:
             "split_seed": self.split_seed,
             "limits": asdict(self.limits),
             "data": self.data,
+            "train_on": self.train_on,
+            "teacher": list(self.teacher),
         }
 
     @classmethod
@@ -123,6 +138,8 @@ class RunSpec:
                 split_seed=d.get("split_seed", 0),
                 limits=Limits(**d.get("limits", {})),
                 data=d.get("data", ""),
+                train_on=d.get("train_on", "train"),
+                teacher=tuple(d.get("teacher", ())),
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"not a valid run spec ({exc})") from exc
@@ -130,3 +147,12 @@ class RunSpec:
     @property
     def label(self) -> str:
         return self.name or f"{self.model.arch} seed {self.seed}"
+
+    @property
+    def refit(self) -> bool:
+        """Whether it trains on the validation images too (so nothing may be chosen on them)."""
+        return self.train_on == "train+val"
+
+    def training_splits(self, splits: Splits) -> Splits:
+        """The splits this run trains on: `splits`, or with the validation images in the training part."""
+        return splits.with_validation_trained() if self.refit else splits

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 import platform
@@ -28,11 +29,19 @@ from torch import nn
 
 from ..core.data import sha256_file
 from ..core.evaluation import accuracy, balanced_accuracy, choose_adjustment, logit_adjustment, predict_logits
-from ..core.paths import cache_dir, ensure_writable, require_free_space, write_text_atomic
-from ..core.registry import build_model, count_parameters
+from ..core.paths import cache_dir, ensure_writable, require_free_space, write_bytes_atomic, write_text_atomic
+from ..core.registry import ConfigError, build_model, count_parameters
 from ..core.splits import Splits
 from ..core.trained_model import TrainedModel
-from ..core.training import History, checkpoint_files, fit, input_normalisation, pick_device, seed_everything
+from ..core.training import (
+    History,
+    checkpoint_files,
+    fit,
+    input_normalisation,
+    pick_device,
+    seed_everything,
+    state_checksum,
+)
 from .spec import RunSpec
 
 EpochCallback = Callable[[int, History], None]
@@ -53,7 +62,8 @@ class Trained:
 def validation_metrics(logits: torch.Tensor, splits: Splits) -> dict:
     """Validation loss, accuracy and balanced accuracy of the delivered model, plus the logit adjustment chosen
     on validation (its strength and the scores it gives): the same numbers for every run, so any two runs
-    compare on them."""
+    compare on them. For a refit the validation images were trained on (`validation_trained`): its numbers are
+    recorded, never chosen on."""
     labels = splits.val_labels.cpu()
     predictions = logits.argmax(1)
     strength, _ = choose_adjustment(logits, labels, splits.train_prior(), balanced=splits.test_is_balanced)
@@ -66,7 +76,14 @@ def validation_metrics(logits: torch.Tensor, splits: Splits) -> dict:
         "val_acc_adjusted": accuracy(adjusted, labels),
         "val_balanced_acc_adjusted": balanced_accuracy(adjusted, labels, splits.num_classes),
         "selection_metric": "balanced" if splits.test_is_balanced else "plain",
+        "validation_trained": splits.validation_trained,
     }
+
+
+def ensemble_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """A teacher ensemble's probabilities at temperature T: the mean of its members' softened probabilities
+    (`logits`: members x images x classes)."""
+    return (logits.to(torch.float32) / temperature).softmax(-1).mean(0)
 
 
 def train_run(
@@ -77,9 +94,16 @@ def train_run(
     checkpoint: Path | None = None,
     progress: bool = True,
     callbacks: Sequence[EpochCallback] = (),
+    teacher_logits: torch.Tensor | None = None,
 ) -> Trained:
-    """Train one run from scratch (or from its checkpoint) and measure the delivered model on validation."""
+    """Train one run from scratch (or from its checkpoint) on the images its spec names (a refit adds the
+    validation images) and measure the delivered model on validation. A distilled run needs its teacher's
+    logits on those training images (members x images x classes)."""
     device = torch.device(device) if device is not None else pick_device()
+    splits = spec.training_splits(splits)
+    probabilities = (
+        ensemble_probabilities(teacher_logits, spec.recipe.distill_temperature) if teacher_logits is not None else None
+    )
     seed_everything(spec.seed)
     model = build_model(spec.model, splits.num_classes)
     fitted = fit(
@@ -93,6 +117,7 @@ def train_run(
         callbacks=callbacks,
         progress=progress,
         desc=spec.label,
+        teacher_probabilities=probabilities,
     )
     mean, std = input_normalisation(spec.recipe, splits)
     logits = predict_logits(fitted.model, splits.val_images, mean, std, device=device)
@@ -292,6 +317,55 @@ class Store:
             environment=payload.get("environment", {}),
         )
 
+    def by_key(self, key: str) -> RunResult | None:
+        """The stored run with this key, if it is complete and its key still holds under today's code."""
+        payload = read_entry(self.paths(key)["entry"], key)
+        if payload is None:
+            return None
+        try:
+            spec = RunSpec.from_dict(payload["spec"])
+        except Exception:  # an entry of another version of the project
+            return None
+        return self.cached(spec) if spec.key() == key else None
+
+    def teachers(self, spec: RunSpec) -> list[RunResult]:
+        """The trained teacher runs of a distilled run, checked to have seen exactly the images it trains on (a
+        train-only student must not learn from a teacher that saw the validation images it is chosen on)."""
+        found = []
+        for key in spec.teacher:
+            teacher = self.by_key(key)
+            if teacher is None:
+                raise ConfigError(
+                    f"run {spec.label}: its teacher run {key} is not in the results store {self.root} (or was "
+                    "trained by other code); train the teacher first"
+                )
+            t = teacher.spec
+            if (t.data, t.split_seed, t.limits, t.train_on) != (spec.data, spec.split_seed, spec.limits, spec.train_on):
+                raise ConfigError(
+                    f"run {spec.label}: teacher {t.label} ({key}) trained on other images (data, split, limits or "
+                    f"train_on {t.train_on!r} against {spec.train_on!r})"
+                )
+            found.append(teacher)
+        return found
+
+    def teacher_logits(
+        self, spec: RunSpec, splits: Splits, *, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """The teachers' raw logits on the run's training images (members x images x classes), computed once and
+        kept under the teachers' keys like a run (with a checksum; a damaged file is computed again)."""
+        teachers = self.teachers(spec)
+        ident = json.dumps({"teacher": list(spec.teacher), "train_on": spec.train_on}, sort_keys=True)
+        path = self.root / "teachers" / f"{hashlib.sha256(ident.encode()).hexdigest()[:24]}.pt"
+        images = spec.training_splits(splits).train_images
+        stored = load_tensor_file(path, "logits")
+        if stored is not None and tuple(stored.shape) == (len(teachers), len(images), splits.num_classes):
+            return stored
+        with torch.no_grad():
+            logits = torch.stack([t.trained_model.logits(images, device=device, raw=True).cpu() for t in teachers])
+        ensure_writable(path.parent, "results cache", "Set EMNIST_CACHE to a writable folder.")
+        save_tensor_file(path, "logits", logits)
+        return logits
+
     def check_writable(self, spec: RunSpec | None = None, parameters: int = 0) -> None:
         """Fail before any training if the store cannot take the run's files."""
         hint = "Set EMNIST_CACHE to a writable folder."
@@ -332,11 +406,18 @@ class Store:
                 for path in checkpoint_files(paths["checkpoint"]):
                     path.unlink(missing_ok=True)
             device = torch.device(device) if device is not None else pick_device()
+            teacher = self.teacher_logits(spec, splits, device=device) if spec.teacher else None
             started = time.perf_counter()
             trained = train_run(
-                spec, splits, device=device, checkpoint=paths["checkpoint"], progress=progress, callbacks=callbacks
+                spec,
+                splits,
+                device=device,
+                checkpoint=paths["checkpoint"],
+                progress=progress,
+                callbacks=callbacks,
+                teacher_logits=teacher,
             )
-            mean, std = input_normalisation(spec.recipe, splits)
+            mean, std = input_normalisation(spec.recipe, spec.training_splits(splits))
             model = TrainedModel(
                 trained.model,
                 spec.model,
@@ -348,6 +429,7 @@ class Store:
                 metrics={**trained.metrics, "parameters": parameters},
             )
             model.save(paths["model"])
+            del teacher
             result = RunResult(
                 spec=spec,
                 key=key,
@@ -366,6 +448,29 @@ class Store:
                 path.unlink(missing_ok=True)
             self.trained_here += 1
             return result
+
+
+def save_tensor_file(path: Path, name: str, tensor: torch.Tensor) -> None:
+    """One tensor with the checksum of its bytes, written atomically (read back by `load_tensor_file`)."""
+    buffer = io.BytesIO()
+    state = {name: tensor.contiguous()}
+    torch.save({**state, "checksum": state_checksum(state)}, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def load_tensor_file(path: Path, name: str) -> torch.Tensor | None:
+    """The tensor `save_tensor_file` wrote, or None (with a warning if the file is there but damaged)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        recorded = state.pop("checksum")
+        if recorded != state_checksum(state) or not isinstance(state.get(name), torch.Tensor):
+            raise ValueError("checksum mismatch")
+        return state[name]
+    except Exception as exc:
+        warnings.warn(f"cached file {path} is damaged ({str(exc)[:120] or type(exc).__name__}); computing it again")
+        return None
 
 
 def environment(started: float) -> dict:

@@ -37,14 +37,25 @@ RECIPE_CHANGES = {
     "sampling": "sqrt",
     "loss_weighting": "balanced",
     "ema_decay": 0.9,
+    "distill_weight": 0.5,
+    "distill_temperature": 4.0,
 }
 MODEL_CHANGES = {"arch": "arch1", "c1": 5, "c2": 9, "hidden": 33, "dropout": 0.25}
 LIMITS_CHANGES = {"train": 1000, "validation": 100}
-RUN_CHANGES = {"seed": 1, "split_seed": 1, "data": "cd" * 32}  # model, recipe, limits: field by field below
+RUN_CHANGES = {
+    "seed": 1,
+    "split_seed": 1,
+    "data": "cd" * 32,
+    "train_on": "train+val",
+    "teacher": ("ef" * 12,),
+}  # model, recipe, limits: field by field below
 
 
 def bound(**changes) -> RunSpec:
-    return tiny_spec().with_(data=DATA, **changes)
+    """A bound run distilled from a (made-up) teacher, so that every distillation setting can change alone."""
+    base = tiny_spec()
+    changes.setdefault("recipe", base.recipe.with_(distill_weight=0.25, distill_temperature=2.0))
+    return base.with_(data=DATA, teacher=("ab" * 12,), **changes)
 
 
 def test_changes_cover_every_field():
@@ -233,7 +244,7 @@ def test_bind_records_the_split_seed(small_splits):
     [
         lambda: tiny_spec(),
         lambda: bound(seed=4, split_seed=2, name="x"),
-        lambda: bound(limits=Limits(100, None), recipe=Recipe(3e-3, 64, 9, ema_decay=0.5)),
+        lambda: bound(limits=Limits(100, None), recipe=Recipe(3e-3, 64, 9, ema_decay=0.5, distill_weight=0.1)),
     ],
     ids=["unbound", "bound", "limits"],
 )

@@ -1,0 +1,128 @@
+"""Notebook 09's protocol (emnist_utils.experiments.final): a refit takes every prediction-time setting from its
+train-only twin, the model refit is the search's winner only where it beat notebook 05's choice on validation,
+distillation settings are chosen on validation, and every row is scored on the test split with its spread."""
+
+from __future__ import annotations
+
+import statistics
+
+import pandas as pd
+import pytest
+import torch
+from helpers import fake_result, small_profile, tiny_spec
+
+from emnist_utils.core.evaluation import TTA_SHIFTS, balanced_accuracy
+from emnist_utils.core.splits import class_counts
+from emnist_utils.experiments import final
+from emnist_utils.experiments.beyond import with_chosen_prediction
+from emnist_utils.experiments.profiles import PROFILES
+from emnist_utils.experiments.store import Store
+
+
+def run(store, spec, splits):
+    return store.run(spec.bind(splits, small_profile()), splits, device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def protocol(small_splits, tmp_path_factory):
+    """Two seeds of a tiny model, train-only and refit, in one store."""
+    store = Store(tmp_path_factory.mktemp("final") / "cache")
+    base = tiny_spec(epochs=2)
+    twins = [run(store, base.with_(seed=s), small_splits) for s in (0, 1)]
+    refits = [run(store, final.refit(base.with_(seed=s)), small_splits) for s in (0, 1)]
+    return store, base, twins, refits
+
+
+def test_a_refit_takes_its_prediction_settings_from_its_train_only_twin(protocol, small_splits):
+    _, _, twins, refits = protocol
+    model, choice = final.refit_prediction(refits[0], twins[0], small_splits)
+    _, twin_choice = with_chosen_prediction(twins[0], small_splits)
+    assert (
+        choice["adjustment_strength"] == twins[0].metrics["adjustment_strength"] == twin_choice["adjustment_strength"]
+    )
+    assert model.tta_shifts == (TTA_SHIFTS if twin_choice["tta"] else ((0, 0),))
+    seen = small_splits.with_validation_trained()
+    assert model.adjustment.class_counts == tuple(class_counts(seen.train_labels, seen.num_classes).tolist())
+    assert refits[0].key in model.run["key"] and model.run["train_on"] == "train+val"
+    assert twins[0].key in choice["chosen_by"]
+
+
+def test_refit_prediction_refuses_what_is_not_a_refit_and_its_twin(protocol, small_splits):
+    _, _, twins, refits = protocol
+    with pytest.raises(ValueError, match="must be a refit"):
+        final.refit_prediction(twins[0], twins[1], small_splits)
+    with pytest.raises(ValueError, match="must be a refit"):
+        final.refit_prediction(refits[0], refits[1], small_splits)
+
+
+def test_students_train_on_the_images_their_teachers_trained_on(protocol):
+    _, _, twins, refits = protocol
+    student = final.distilled(final.STUDENT, twins, 4.0, 0.5)
+    assert student.train_on == "train" and student.teacher == tuple(t.key for t in twins)
+    assert (student.recipe.distill_temperature, student.recipe.distill_weight) == (4.0, 0.5)
+    assert final.distilled(final.STUDENT, refits, 4.0, 0.5).train_on == "train+val"
+    with pytest.raises(ValueError, match="different images"):
+        final.distilled(final.STUDENT, [twins[0], refits[1]], 4.0, 0.5)
+
+
+@pytest.mark.parametrize("winner_score, expected", [(61.0, "winner"), (60.0, "05"), (59.0, "05"), (None, "05")])
+def test_the_winner_is_refit_only_where_it_beat_notebook_05_on_validation(winner_score, expected):
+    chosen05, winner = tiny_spec().with_(name="nb05"), tiny_spec(arch="lean").with_(name="winner")
+    def delivered(score, spec):  # what the trained-model file delivers: the adjusted validation score
+        result = fake_result(50.0, 50.0, spec=spec)
+        result.metrics.update(val_balanced_acc_adjusted=score, val_acc_adjusted=0.0)
+        return result
+
+    runs05 = [delivered(60.0, chosen05) for _ in range(3)]
+    winner_runs = [] if winner_score is None else [delivered(winner_score, winner) for _ in range(3)]
+    spec, runs, why = final.base_choice(chosen05, runs05, winner if winner_runs else None, winner_runs)
+    assert spec.name == ("winner" if expected == "winner" else "nb05")
+    assert runs == (winner_runs if expected == "winner" else runs05)
+    assert spec.name in why
+
+
+def test_the_distillation_setting_is_chosen_on_validation_ties_to_the_earlier():
+    table = pd.DataFrame(
+        {
+            "temperature": [2.0, 4.0, 2.0, 4.0],
+            "teacher_share": [0.5, 0.5, 0.9, 0.9],
+            "val_balanced_delivered_%": [1, 3, 3, 2],
+        }
+    )
+    assert final.choose_setting(table) == (4.0, 0.5)
+    assert len(final.grid(PROFILES["full"])) == len(final.DISTILLATION_GRID) > len(final.grid(PROFILES["smoke"])) >= 2
+
+
+def test_rows_are_scored_once_on_the_test_split_with_their_spread(protocol, small_splits):
+    _, _, twins, refits = protocol
+    models = [with_chosen_prediction(r, small_splits)[0] for r in twins]
+    table = final.evaluate_rows(
+        [final.Row("train-only", models, twins, "training part", teacher_seconds=120.0)],
+        small_splits.test_images,
+        small_splits.test_labels,
+    )
+    row = table.iloc[0]
+    balanced = [balanced_accuracy(m.predict(small_splits.test_images), small_splits.test_labels, 47) for m in models]
+    assert row["test_balanced_mean_%"] == round(statistics.fmean(balanced), 2)
+    assert row["test_balanced_std"] == round(statistics.stdev(balanced), 2)
+    assert row["test_balanced_per_seed_%"] == " / ".join(f"{b:.2f}" for b in balanced)
+    ensemble = torch.stack([m.probabilities(small_splits.test_images) for m in models]).mean(0).argmax(1)
+    assert row["ensemble_test_balanced_%"] == round(balanced_accuracy(ensemble, small_splits.test_labels, 47), 2)
+    assert row["teacher_train_minutes"] == 2.0 and row["seeds"] == 2
+
+
+def test_the_plan_counts_every_run_the_notebook_trains(small_splits):
+    images: list[int] = []
+
+    def estimate(spec, n):
+        images.append(n)
+        return float(n)
+
+    n_train, n_all = len(small_splits.train_labels), len(small_splits.train_labels) + len(small_splits.val_labels)
+    for name in ("full", "smoke"):
+        profile = PROFILES[name]
+        seeds, grid = len(profile.seeds((0, 1, 2))), len(final.grid(profile))
+        parts = final.estimated_seconds(profile, tiny_spec(), small_splits, estimate)
+        assert parts["refits"] == seeds * n_all
+        assert parts["distillation settings"] == grid * n_train
+        assert parts["students"] == max(0, seeds * (2 * n_train + n_all) - 2 * n_train)
