@@ -341,6 +341,8 @@ def cmd_evaluate(args) -> int:
         "parameters": model.parameters,
         "trained_on": trained_on.get("dataset"),
         "trained_on_sha256": trained_on.get("checksum", ""),
+        "trained_on_images": model.run.get("train_on", "train"),
+        "distilled_from_runs": len(model.run.get("teacher", [])),
         "data": f"emnist-{data.split}",
         "data_sha256": data.checksum,
         "same_data": same,
@@ -353,9 +355,12 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps(numbers, indent=1))
         return 0
+    images = "training + validation images" if numbers["trained_on_images"] == "train+val" else "training images"
+    teachers = numbers["distilled_from_runs"]
     print(
         f"model:   {args.weights} ({model.spec.arch}, {model.parameters:,} parameters, trained on "
-        f"{trained_on.get('dataset')} sha256 {trained_on.get('checksum', '')[:12]})"
+        f"{trained_on.get('dataset')} sha256 {trained_on.get('checksum', '')[:12]}: {images}"
+        + (f", distilled from {teachers} run(s))" if teachers else ")")
     )
     print(
         f"data:    emnist-{data.split} test split, {len(data.test_labels):,} images, sha256 {data.short_checksum}"

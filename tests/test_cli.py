@@ -465,3 +465,25 @@ def test_notebooks_plan_prints_the_plan_and_does_nothing_else(capsys, monkeypatc
     assert "runs to train: " in out and "executing" not in out
     assert measured and not trainings and not executed
     assert not list((isolated_env / "output").rglob("*.ipynb"))
+
+
+@pytest.mark.parametrize(
+    "run_fields, says",
+    [
+        ({}, "training images)"),
+        ({"train_on": "train+val"}, "training + validation images)"),
+        ({"train_on": "train+val", "teacher": ["a" * 24, "b" * 24]}, "training + validation images, distilled from 2"),
+    ],
+)
+def test_evaluate_says_which_images_a_model_was_trained_on(tmp_path, capsys, datasets, run_fields, says):
+    ds = datasets["synth47"]
+    model = tiny_trained_model(BALANCED_CLASSES)
+    model.run = {"seed": 0, **run_fields}
+    weights = model.save(tmp_path / "model.pt")
+    rc, out, err = run(capsys, "evaluate", "--weights", weights, *data_args(ds))
+    assert rc == 0, err
+    assert says in out.splitlines()[0]
+    rc, out, err = run(capsys, "evaluate", "--weights", weights, *data_args(ds), "--json")
+    numbers = json.loads(out)
+    assert numbers["trained_on_images"] == run_fields.get("train_on", "train")
+    assert numbers["distilled_from_runs"] == len(run_fields.get("teacher", []))

@@ -71,13 +71,17 @@ def distilled(student: RunSpec, teachers: Sequence[RunResult], temperature: floa
     )
 
 
-def refit_prediction(run: RunResult, twin: RunResult, splits: Splits) -> tuple[TrainedModel, dict]:
+def refit_prediction(
+    run: RunResult, twin: RunResult, splits: Splits, choice: dict | None = None
+) -> tuple[TrainedModel, dict]:
     """A refit's model with what its train-only twin (same spec and seed, validation held out) chose on validation:
     the logit adjustment's strength (applied to the prior of the images the refit trained on) and whether test-time
-    shifts help. Nothing is chosen on the refit itself: its validation images were trained on."""
+    shifts help (`choice`: the twin's, from `with_chosen_prediction`, computed here when not given). Nothing is
+    chosen on the refit itself: its validation images were trained on."""
     if not run.spec.refit or twin.spec.refit:
         raise ValueError(f"{run.spec.label} must be a refit and {twin.spec.label} its train-only twin")
-    _, choice = with_chosen_prediction(twin, splits)
+    if choice is None:
+        _, choice = with_chosen_prediction(twin, splits)
     seen = splits.with_validation_trained()
     adjustment = LogitAdjustment(
         tuple(class_counts(seen.train_labels, seen.num_classes).tolist()), choice["adjustment_strength"]

@@ -49,13 +49,13 @@ PROFILES = {
     "full": Profile("full", "everything as the study defines it: all data, every epoch, every seed"),
     "quick": Profile(
         "quick",
-        "a laptop's half hour: 10,000 training images, a quarter of the epochs (at most 2), one seed",
-        train_limit=10_000,
-        val_limit=4_000,
+        "a laptop's half hour: 5,000 training images, a quarter of the epochs (at most 2), one seed",
+        train_limit=5_000,
+        val_limit=2_500,
         epoch_fraction=0.25,
         max_epochs=2,  # the lean recipe's 30 epochs would be 8: the half hour holds 2 (and notebook 08)
         max_seeds=1,
-        baseline_train_limit=10_000,
+        baseline_train_limit=5_000,
     ),
     "smoke": Profile(
         "smoke",

@@ -200,7 +200,7 @@ class Fidelity:
 
 FIDELITY = {
     "smoke": Fidelity(None, {"report": 1, "beyond": 1}, (0,), 3, 4),
-    "quick": Fidelity(3_000, {"report": 2, "beyond": 2}, (0,), 7, 8),
+    "quick": Fidelity(3_000, {"report": 1, "beyond": 1}, (0,), 7, 8),
     "full": Fidelity(10_000, {"report": 4, "beyond": 6}, (0, 1, 2), 7, 40),
 }
 

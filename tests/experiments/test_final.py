@@ -68,6 +68,7 @@ def test_students_train_on_the_images_their_teachers_trained_on(protocol):
 @pytest.mark.parametrize("winner_score, expected", [(61.0, "winner"), (60.0, "05"), (59.0, "05"), (None, "05")])
 def test_the_winner_is_refit_only_where_it_beat_notebook_05_on_validation(winner_score, expected):
     chosen05, winner = tiny_spec().with_(name="nb05"), tiny_spec(arch="lean").with_(name="winner")
+
     def delivered(score, spec):  # what the trained-model file delivers: the adjusted validation score
         result = fake_result(50.0, 50.0, spec=spec)
         result.metrics.update(val_balanced_acc_adjusted=score, val_acc_adjusted=0.0)

@@ -47,10 +47,10 @@ def test_seeds():
 
 def test_limits():
     assert FULL.limits() == {"train_limit": None, "val_limit": None, "test_limit": None}
-    assert QUICK.limits() == {"train_limit": 10_000, "val_limit": 4_000, "test_limit": None}
+    assert QUICK.limits() == {"train_limit": 5_000, "val_limit": 2_500, "test_limit": None}
     assert SMOKE.limits() == {"train_limit": 3_000, "val_limit": 1_000, "test_limit": 1_880}
     assert FULL.baseline_train_limit is None
-    assert QUICK.baseline_train_limit == 10_000 and SMOKE.baseline_train_limit == 2_000
+    assert QUICK.baseline_train_limit == 5_000 and SMOKE.baseline_train_limit == 2_000
 
 
 def test_only_full_writes_the_committed_outputs():

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from emnist_utils.experiments import search, search_study
+from emnist_utils.experiments.profiles import PROFILES
 from emnist_utils.experiments.store import RunResult
 from emnist_utils.experiments.trials import TABLE_1_2
 
@@ -106,3 +107,12 @@ def test_winner_replaces_notebook_05_only_on_a_higher_validation_mean(winner, ch
         return out
 
     assert search_study.replaces_notebook_05(runs(winner), runs(chosen05)) is replaces
+
+
+@pytest.mark.parametrize("name", sorted(search.FIDELITY))
+def test_each_profiles_fidelity_is_what_its_trials_train(name):
+    """A trial is bound to its profile, which may cut epochs again: each fidelity's epochs must survive that, so that
+    the notebook's description of the fidelity is what its trials really trained."""
+    profile = PROFILES[name]
+    for space, epochs in search.FIDELITY[name].epochs.items():
+        assert profile.epochs(epochs) == epochs, (name, space)
