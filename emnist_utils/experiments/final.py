@@ -27,6 +27,7 @@ from .studies import SEEDS
 
 NOTEBOOK = "09_final_model"
 STUDENT = NAMED_RUNS["cpu"]  # the CPU model: the lean CNN in 15 epochs (under 20 minutes on the 2-core CPU)
+MAX_PARAMETERS = 1_000_000  # the delivered single model's budget (issue 22)
 # (temperature, share of the loss from the teacher) tried on validation; Hinton et al.'s usual range
 DISTILLATION_GRID = ((2.0, 0.5), (4.0, 0.5), (2.0, 0.9), (4.0, 0.9))
 
@@ -37,17 +38,27 @@ def grid(profile: Profile) -> tuple[tuple[float, float], ...]:
 
 
 def base_choice(
-    chosen05: RunSpec, runs05: Sequence[RunResult], winner: RunSpec | None, winner_runs: Sequence[RunResult]
+    chosen05: RunSpec,
+    runs05: Sequence[RunResult],
+    winner: RunSpec | None,
+    winner_runs: Sequence[RunResult],
+    max_parameters: int = MAX_PARAMETERS,
 ) -> tuple[RunSpec, list[RunResult], str]:
     """The model the protocol refits: the search's winner where it replaced notebook 05's choice (a higher
-    validation mean), else notebook 05's choice. Returns the (unbound) spec, its train-only seeds, and why."""
+    validation mean) and is within the parameter budget, else notebook 05's choice. Returns the (unbound) spec,
+    its train-only seeds, and why."""
     if winner is not None and replaces_notebook_05(winner_runs, runs05):
-        return (
-            winner,
-            list(winner_runs),
-            f"the search's winner {winner.name}: a higher validation mean than notebook 05's",
-        )
-    reason = "did not beat it on validation" if winner is not None else "is not there (no finished search here)"
+        if winner_runs[0].parameters <= max_parameters:
+            return (
+                winner,
+                list(winner_runs),
+                f"the search's winner {winner.name}: a higher validation mean than notebook 05's",
+            )
+        reason = f"has {winner_runs[0].parameters:,} parameters, over the budget of {max_parameters:,}"
+    elif winner is not None:
+        reason = "did not beat it on validation"
+    else:
+        reason = "is not there (no finished search here)"
     return chosen05, list(runs05), f"notebook 05's choice {chosen05.name}: the search's winner {reason}"
 
 

@@ -65,12 +65,15 @@ def test_students_train_on_the_images_their_teachers_trained_on(protocol):
         final.distilled(final.STUDENT, [twins[0], refits[1]], 4.0, 0.5)
 
 
-@pytest.mark.parametrize("winner_score, expected", [(61.0, "winner"), (60.0, "05"), (59.0, "05"), (None, "05")])
-def test_the_winner_is_refit_only_where_it_beat_notebook_05_on_validation(winner_score, expected):
+@pytest.mark.parametrize(
+    "winner_score, parameters, expected",
+    [(61.0, 1000, "winner"), (60.0, 1000, "05"), (59.0, 1000, "05"), (None, 1000, "05"), (61.0, 1_000_001, "05")],
+)
+def test_the_winner_is_refit_only_where_it_beat_notebook_05_on_validation(winner_score, parameters, expected):
     chosen05, winner = tiny_spec().with_(name="nb05"), tiny_spec(arch="lean").with_(name="winner")
 
     def delivered(score, spec):  # what the trained-model file delivers: the adjusted validation score
-        result = fake_result(50.0, 50.0, spec=spec)
+        result = fake_result(50.0, 50.0, spec=spec, parameters=parameters)
         result.metrics.update(val_balanced_acc_adjusted=score, val_acc_adjusted=0.0)
         return result
 
@@ -80,6 +83,7 @@ def test_the_winner_is_refit_only_where_it_beat_notebook_05_on_validation(winner
     assert spec.name == ("winner" if expected == "winner" else "nb05")
     assert runs == (winner_runs if expected == "winner" else runs05)
     assert spec.name in why
+    assert ("over the budget" in why) == (parameters > final.MAX_PARAMETERS)
 
 
 def test_the_distillation_setting_is_chosen_on_validation_ties_to_the_earlier():
