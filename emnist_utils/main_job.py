@@ -309,7 +309,8 @@ def make_plan(
                 rate = calibration.throughputs([spec], data.num_classes)[spec.key()]
                 return estimate_seconds(spec, rate, images, n_val)
 
-            row.inside = final.estimated_seconds(profile, base or beyond.FINAL_SPEC, splits, seconds)
+            # before notebook 05 has chosen, its costliest candidate: the plan gives an upper bound
+            row.inside = final.estimated_seconds(profile, base or beyond.CANDIDATES[-1], splits, seconds)
     return Plan(rows, todo, estimates, jobs, baselines)
 
 
