@@ -260,14 +260,18 @@ def ladder_table(rows: Sequence[tuple[Step, list[dict], list[RunResult]]]) -> pd
 # ----------------------------------------------------------------------------- prediction settings and test
 
 
+def prior_adjustment(splits, strength: float) -> LogitAdjustment:
+    """The logit adjustment for the prior of the images a model trained on (`splits.train_labels`: the training
+    part, or training + validation for a refit), so that a refit's adjustment follows its own training prior."""
+    return LogitAdjustment(tuple(class_counts(splits.train_labels, splits.num_classes).tolist()), strength)
+
+
 def with_chosen_prediction(run: RunResult, splits, tta: bool | None = None) -> tuple[TrainedModel, dict]:
     """A run's model with what it should apply at prediction time, chosen on validation: the logit adjustment
     whose strength the run's validation chose, and test-time shifts if they raise the validation score (or as
     `tta` says). Returns the model and the validation scores behind the choice."""
     model = run.trained_model
-    adjustment = LogitAdjustment(
-        tuple(class_counts(splits.train_labels, splits.num_classes).tolist()), run.metrics["adjustment_strength"]
-    )
+    adjustment = prior_adjustment(splits, run.metrics["adjustment_strength"])
     balanced = splits.test_is_balanced
     scores = {}
     for name, shifts in (("adjusted", ((0, 0),)), ("adjusted_tta", TTA_SHIFTS)):
@@ -314,30 +318,62 @@ def candidate_table(
     return pd.DataFrame(rows)
 
 
+def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation, rounded to 0.01; the spread of a single value is NaN (unknown, not 0)."""
+    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return round(statistics.fmean(values), 2), round(spread, 2)
+
+
+@dataclass(frozen=True)
+class SeedScores:
+    """Each seed's test probabilities and accuracies (plain and balanced), and those of their ensemble (the mean of
+    the probabilities): computed once, so every table of a notebook reads the same test pass."""
+
+    probabilities: list[torch.Tensor]
+    plain: list[float]
+    balanced: list[float]
+    ensemble_plain: float
+    ensemble_balanced: float
+
+    @classmethod
+    def of(cls, models: Sequence[TrainedModel], images: torch.Tensor, labels: torch.Tensor) -> SeedScores:
+        probabilities = [m.probabilities(images) for m in models]
+        num_classes = len(models[0].classes)
+        ensemble = torch.stack(probabilities).mean(0).argmax(1)
+        return cls(
+            probabilities,
+            [accuracy(p.argmax(1), labels) for p in probabilities],
+            [balanced_accuracy(p.argmax(1), labels, num_classes) for p in probabilities],
+            accuracy(ensemble, labels),
+            balanced_accuracy(ensemble, labels, num_classes),
+        )
+
+
+def per_seed(values: Sequence[float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
+
+
 def seeds_on_test(
     label: str, models: Sequence[TrainedModel], runs: Sequence[RunResult], images: torch.Tensor, labels: torch.Tensor
 ) -> tuple[dict, list[torch.Tensor]]:
     """Test accuracy of each seed's model (with what it applies at prediction) and of their ensemble (mean of
     the probabilities), computed once. Returns a summary row and each model's test probabilities."""
-    probabilities = [m.probabilities(images) for m in models]
-    num_classes = len(models[0].classes)
-    tests = [accuracy(p.argmax(1), labels) for p in probabilities]
-    balanced = [balanced_accuracy(p.argmax(1), labels, num_classes) for p in probabilities]
-    ensemble = torch.stack(probabilities).mean(0).argmax(1)
+    scores = SeedScores.of(models, images, labels)
+    mean, spread = mean_and_spread(scores.plain)
     return (
         {
             "model": label,
             "seeds": len(models),
             "parameters_per_model": runs[0].parameters,
-            "test_acc_mean_%": round(statistics.fmean(tests), 2),
-            "test_acc_std": round(statistics.stdev(tests), 2) if len(tests) > 1 else float("nan"),
-            "test_acc_per_seed_%": " / ".join(f"{t:.2f}" for t in tests),
-            "test_balanced_acc_mean_%": round(statistics.fmean(balanced), 2),
-            "ensemble_test_acc_%": round(accuracy(ensemble, labels), 2),
+            "test_acc_mean_%": mean,
+            "test_acc_std": spread,
+            "test_acc_per_seed_%": per_seed(scores.plain),
+            "test_balanced_acc_mean_%": mean_and_spread(scores.balanced)[0],
+            "ensemble_test_acc_%": round(scores.ensemble_plain, 2),
             "train_minutes_per_model": round(statistics.fmean(r.train_seconds for r in runs) / 60, 1),
             "trained_on": ", ".join(sorted({r.device for r in runs})),
         },
-        probabilities,
+        scores.probabilities,
     )
 
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from ..core.evaluation import TTA_SHIFTS, accuracy, balanced_accuracy
-from ..core.splits import Splits, class_counts
-from ..core.trained_model import LogitAdjustment, TrainedModel
-from .beyond import with_chosen_prediction
+from ..core.evaluation import TTA_SHIFTS
+from ..core.splits import Splits
+from ..core.trained_model import TrainedModel
+from .beyond import SeedScores, mean_and_spread, per_seed, prior_adjustment, with_chosen_prediction
 from .profiles import Profile
 from .recipes import NAMED_RUNS
 from .search_study import replaces_notebook_05
@@ -93,10 +93,7 @@ def refit_prediction(
         raise ValueError(f"{run.spec.label} must be a refit and {twin.spec.label} its train-only twin")
     if choice is None:
         _, choice = with_chosen_prediction(twin, splits)
-    seen = splits.with_validation_trained()
-    adjustment = LogitAdjustment(
-        tuple(class_counts(seen.train_labels, seen.num_classes).tolist()), choice["adjustment_strength"]
-    )
+    adjustment = prior_adjustment(splits.with_validation_trained(), choice["adjustment_strength"])
     shifts = TTA_SHIFTS if choice["tta"] else ((0, 0),)
     model = run.trained_model.with_prediction(adjustment=adjustment, tta_shifts=shifts)
     return model, {**choice, "chosen_by": f"its train-only twin {twin.spec.label} ({twin.key})"}
@@ -148,24 +145,20 @@ def evaluate_rows(rows: Sequence[Row], images: torch.Tensor, labels: torch.Tenso
     ensemble of the row's seeds, parameters and what training cost (the student's own, the teacher's beside it)."""
     out = []
     for row in rows:
-        probabilities = [m.probabilities(images) for m in row.models]
-        num_classes = len(row.models[0].classes)
-        balanced = [balanced_accuracy(p.argmax(1), labels, num_classes) for p in probabilities]
-        plain = [accuracy(p.argmax(1), labels) for p in probabilities]
-        ensemble = torch.stack(probabilities).mean(0).argmax(1)
-        minutes = [r.train_seconds / 60 for r in row.runs]
+        scores = SeedScores.of(row.models, images, labels)
+        mean, spread = mean_and_spread(scores.balanced)
         out.append(
             {
                 "model": row.label,
                 "trained_on": row.trained_on,
                 "seeds": len(row.models),
                 "parameters": row.runs[0].parameters,
-                "test_balanced_mean_%": round(statistics.fmean(balanced), 2),
-                "test_balanced_std": round(statistics.stdev(balanced), 2) if len(balanced) > 1 else float("nan"),
-                "test_balanced_per_seed_%": " / ".join(f"{b:.2f}" for b in balanced),
-                "test_acc_mean_%": round(statistics.fmean(plain), 2),
-                "ensemble_test_balanced_%": round(balanced_accuracy(ensemble, labels, num_classes), 2),
-                "train_minutes_per_seed": round(statistics.fmean(minutes), 1),
+                "test_balanced_mean_%": mean,
+                "test_balanced_std": spread,
+                "test_balanced_per_seed_%": per_seed(scores.balanced),
+                "test_acc_mean_%": mean_and_spread(scores.plain)[0],
+                "ensemble_test_balanced_%": round(scores.ensemble_balanced, 2),
+                "train_minutes_per_seed": round(statistics.fmean(r.train_seconds / 60 for r in row.runs), 1),
                 "teacher_train_minutes": round(row.teacher_seconds / 60, 1),
                 "trained_with": ", ".join(sorted({r.device for r in row.runs})),
             }

@@ -4,6 +4,7 @@ distillation settings are chosen on validation, and every row is scored on the t
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import pandas as pd
@@ -11,9 +12,9 @@ import pytest
 import torch
 from helpers import fake_result, small_profile, tiny_spec
 
-from emnist_utils.core.evaluation import TTA_SHIFTS, balanced_accuracy
+from emnist_utils.core.evaluation import TTA_SHIFTS, accuracy, balanced_accuracy
 from emnist_utils.core.splits import class_counts
-from emnist_utils.experiments import final
+from emnist_utils.experiments import beyond, final
 from emnist_utils.experiments.beyond import with_chosen_prediction
 from emnist_utils.experiments.profiles import PROFILES
 from emnist_utils.experiments.store import Store
@@ -114,6 +115,24 @@ def test_rows_are_scored_once_on_the_test_split_with_their_spread(protocol, smal
     ensemble = torch.stack([m.probabilities(small_splits.test_images) for m in models]).mean(0).argmax(1)
     assert row["ensemble_test_balanced_%"] == round(balanced_accuracy(ensemble, small_splits.test_labels, 47), 2)
     assert row["teacher_train_minutes"] == 2.0 and row["seeds"] == 2
+
+
+def test_notebook_05_and_notebook_09_score_the_same_models_alike(protocol, small_splits):
+    """Both notebooks' test tables come from one scoring helper: the same models give the same numbers in each, and
+    a single seed's spread is unknown (NaN), not zero."""
+    _, _, twins, _ = protocol
+    models = [with_chosen_prediction(r, small_splits)[0] for r in twins]
+    images, labels = small_splits.test_images, small_splits.test_labels
+    nb05, probabilities = beyond.seeds_on_test("train-only", models, twins, images, labels)
+    nb09 = final.evaluate_rows([final.Row("train-only", models, twins, "training part")], images, labels).iloc[0]
+    plain = [accuracy(m.predict(images), labels) for m in models]
+    assert nb05["test_acc_mean_%"] == nb09["test_acc_mean_%"] == round(statistics.fmean(plain), 2)
+    assert nb05["test_balanced_acc_mean_%"] == nb09["test_balanced_mean_%"]
+    assert nb05["test_acc_std"] == round(statistics.stdev(plain), 2)
+    assert all(torch.equal(p, m.probabilities(images)) for p, m in zip(probabilities, models))
+    single = final.evaluate_rows([final.Row("one", models[:1], twins[:1], "training part")], images, labels).iloc[0]
+    assert math.isnan(single["test_balanced_std"])
+    assert single["ensemble_test_balanced_%"] == single["test_balanced_mean_%"]
 
 
 def test_the_plan_counts_every_run_the_notebook_trains(small_splits):
