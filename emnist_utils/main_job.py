@@ -6,7 +6,7 @@ execute the notebooks, which find everything cached.
 The `full` profile executes the committed notebooks in place; every other profile executes copies under
 `outputs/<profile>/notebooks/`, so a smoke or quick run never touches what is committed. Interrupting it (Ctrl-C,
 a timeout's SIGTERM) prints one line saying what stopped and how to resume; finished runs and epoch
-checkpoints are kept.
+checkpoints are kept, and the cells a notebook had run are written to `outputs/interrupted/`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,12 @@ NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 
 
 class Interrupted(Exception):
-    """The main job was stopped from outside (Ctrl-C, SIGTERM)."""
+    """The main job was stopped from outside (Ctrl-C, SIGTERM); `partial` is where the interrupted notebook's cells
+    run so far were written, if one was executing."""
+
+    def __init__(self, partial: Path | None = None):
+        super().__init__()
+        self.partial = partial
 
 
 class NotebookError(RuntimeError):
@@ -126,9 +131,19 @@ def _stop_kernel(client: NotebookClient) -> None:
         pass
 
 
+def _keep_partial(notebook, why: str, name: str) -> Path:
+    """Write a notebook that did not finish to outputs/<why>/, never over the committed one."""
+    _stable(notebook)
+    path = output_root(why) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, nbformat.writes(notebook) + "\n")
+    return path
+
+
 def execute_notebook(source: Path, target: Path, parameters: dict | None = None, timeout: int | None = None) -> float:
     """Execute `source` top to bottom (in the notebooks folder) and write it to `target` only if every cell
-    ran; a failed notebook's partial outputs go to outputs/failed/. Returns the wall time."""
+    ran; a failed notebook's partial outputs go to outputs/failed/, an interrupted one's to outputs/interrupted/
+    (hours of a full run's outputs are not thrown away with the kernel). Returns the wall time."""
     notebook = nbformat.read(source, as_version=4)
     inject_parameters(notebook, parameters or {})
     # IPC sockets: local only, and the kernel does not warn about unencrypted TCP on every start
@@ -165,16 +180,14 @@ def execute_notebook(source: Path, target: Path, parameters: dict | None = None,
         except BaseException:
             _stop_kernel(client)
             thread.join(10)
-            raise Interrupted() from None
+            raise Interrupted(_keep_partial(notebook, "interrupted", source.name)) from None
         finally:
             _stop_kernel(client)
     error = outcome.get("error")
     if isinstance(error, CellExecutionError):
         if getattr(error, "ename", "") == "KeyboardInterrupt":
-            raise Interrupted()
-        failed = output_root("failed") / source.name
-        failed.parent.mkdir(parents=True, exist_ok=True)
-        nbformat.write(notebook, failed)
+            raise Interrupted(_keep_partial(notebook, "interrupted", source.name))
+        failed = _keep_partial(notebook, "failed", source.name)
         raise NotebookError(
             f"{source.name} failed: {getattr(error, 'ename', 'error')}: "
             f"{str(getattr(error, 'evalue', error))[:300]} (partial outputs in {shown(failed)})"
@@ -345,10 +358,13 @@ def run_main_job(
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         return _main_job(stage, profile, data_dir, split, device, jobs, notebooks, plan_only, timeout)
-    except (Interrupted, KeyboardInterrupt):
+    except (Interrupted, KeyboardInterrupt) as stop:
         command = resume_command or "python -m emnist_utils " + shlex.join(sys.argv[1:])
+        partial = getattr(stop, "partial", None)
+        kept = f" (the cells run so far are in {shown(partial)})" if partial else ""
         print(
-            f"\ninterrupted while {stage.text}; finished runs and epoch checkpoints are kept. Resume with: {command}",
+            f"\ninterrupted while {stage.text}{kept}; finished runs and epoch checkpoints are kept. "
+            f"Resume with: {command}",
             file=sys.stderr,
             flush=True,
         )

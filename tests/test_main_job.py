@@ -342,4 +342,10 @@ def test_interrupted_while_executing_a_notebook(tmp_path):
     check_one_interruption_line(job, rc, f"executing {NOTEBOOK_01.name} (1 of 1)")
     assert not still_running(processes)
     assert not (job.output / "notebooks" / NOTEBOOK_01.name).exists()
+    # what it had run is kept beside the outputs (never over the committed notebook), and the line says where
+    partial = job.output / NOTEBOOK_01.name
+    assert "the cells run so far are in" in job.stderr and partial.name in job.stderr
+    kept = nbformat.read(partial, as_version=4)
+    sources = [c.source for c in nbformat.read(NOTEBOOK_01, as_version=4).cells]
+    assert [c.source for c in kept.cells if c.source in sources] == sources  # every cell, plus the injected one
     assert "main job (smoke profile)" not in job.stdout
