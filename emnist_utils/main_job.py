@@ -131,13 +131,17 @@ def _stop_kernel(client: NotebookClient) -> None:
         pass
 
 
-def _keep_partial(notebook, why: str, name: str) -> Path:
-    """Write a notebook that did not finish to outputs/<why>/, never over the committed one."""
+def _write_notebook(notebook, path: Path) -> Path:
+    """Write an executed notebook without what changes between identical runs, atomically."""
     _stable(notebook)
-    path = output_root(why) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, nbformat.writes(notebook) + "\n")
     return path
+
+
+def _keep_partial(notebook, why: str, name: str) -> Path:
+    """Write a notebook that did not finish to outputs/<why>/, never over the committed one."""
+    return _write_notebook(notebook, output_root(why) / name)
 
 
 def execute_notebook(source: Path, target: Path, parameters: dict | None = None, timeout: int | None = None) -> float:
@@ -198,8 +202,7 @@ def execute_notebook(source: Path, target: Path, parameters: dict | None = None,
         )
     if error is not None:
         raise error
-    _stable(notebook)
-    write_text_atomic(target, nbformat.writes(notebook) + "\n")
+    _write_notebook(notebook, target)
     return time.perf_counter() - started
 
 
