@@ -8,6 +8,7 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -223,33 +224,115 @@ def winner_spec(study: optuna.Study) -> RunSpec:
     return spec.with_(name=f"search-winner-trial{best.number}")
 
 
-def winner_table(winner: Sequence[RunResult], tests: Sequence[float], chosen05: Sequence[RunResult]) -> pd.DataFrame:
-    """The winner's seeds (validation mean and spread, and the test mean, read once) beside notebook 05's choice
-    (validation only: its test number is notebook 05's)."""
+@dataclass(frozen=True)
+class Committed05:
+    """Notebook 05's choice as its committed tables give it: seed 0's validation score (results/beyond_candidates.csv)
+    and the test mean and spread of its seeds (results/beyond_test.csv)."""
 
-    def row(name: str, results: Sequence[RunResult]) -> dict:
-        scores = [delivered_score(r) for r in results]
-        return {
-            "model": name,
-            "parameters": results[0].parameters,
-            "seeds": len(scores),
+    name: str
+    parameters: int
+    val_seed0: float
+    test_seeds: int
+    test_mean: float
+    test_spread: float | None
+
+
+def committed_choice_05(results_dir: Path, provenance: dict, profile: str) -> Committed05 | None:
+    """Notebook 05's choice from its committed tables, when they were made on the same data under the same profile;
+    else None. Notebook 05's runs take hours on a CPU, so a machine whose cache lacks them still compares the winner
+    with numbers that nothing on that machine can have changed. The tables name the choice among CANDIDATES."""
+    try:
+        candidates = pd.read_csv(results_dir / "beyond_candidates.csv")
+        tested = pd.read_csv(results_dir / "beyond_test.csv")
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return None
+    same = {"data_sha256": provenance["checksum"], "profile": profile}
+    for table in (candidates, tested):
+        if not all(c in table.columns and (table[c] == v).all() for c, v in same.items()):
+            return None
+    chosen = tested[tested["model"].isin({c.name for c in CANDIDATES})]
+    if len(chosen) != 1:
+        return None
+    t = chosen.iloc[0]
+    c = candidates[candidates["label"] == t["model"]]
+    if len(c) != 1:
+        return None
+    balanced_is_plain = math.isclose(t["test_acc_mean_%"], t["test_balanced_acc_mean_%"], abs_tol=0.005)
+    return Committed05(
+        name=str(t["model"]),
+        parameters=int(t["parameters_per_model"]),
+        val_seed0=float(c.iloc[0]["val_balanced_acc_adjusted_%"]),
+        test_seeds=int(t["seeds"]),
+        test_mean=float(t["test_balanced_acc_mean_%"]),
+        # the table's spread is of plain accuracy: it is the balanced one's only where both are the same numbers
+        test_spread=float(t["test_acc_std"]) if balanced_is_plain else None,
+    )
+
+
+def _spread(values: Sequence[float]) -> float | None:
+    return round(statistics.stdev(values), 2) if len(values) > 1 else None
+
+
+def winner_table(
+    winner: Sequence[RunResult],
+    tests: Sequence[float],
+    chosen05: Sequence[RunResult],
+    committed05: Committed05 | None = None,
+) -> pd.DataFrame:
+    """The winner's seeds (validation mean and spread; the test mean and spread, read once) beside notebook 05's
+    choice: its validation from its runs in this cache, else seed 0's from its committed table; its test numbers
+    only from notebook 05's committed table (this notebook never tests it)."""
+    scores = [delivered_score(r) for r in winner]
+    rows = [
+        {
+            "model": winner[0].spec.name,
+            "parameters": winner[0].parameters,
+            "val_seeds": len(scores),
             "val_balanced_mean": round(statistics.fmean(scores), 2),
-            "val_spread": round(statistics.stdev(scores), 2) if len(scores) > 1 else 0.0,
+            "val_spread": _spread(scores),
+            "test_seeds": len(tests),
+            "test_balanced_mean": round(statistics.fmean(tests), 2),
+            "test_spread": _spread(tests),
+            "numbers_from": "this notebook",
         }
-
-    rows = [{**row(winner[0].spec.name, winner), "test_balanced_mean": round(statistics.fmean(tests), 2)}]
-    if chosen05:
-        rows.append({**row(f"notebook 05's choice ({chosen05[0].spec.name})", chosen05), "test_balanced_mean": None})
+    ]
+    if chosen05 or committed05 is not None:
+        scores05 = [delivered_score(r) for r in chosen05] or [committed05.val_seed0]
+        name = chosen05[0].spec.name if chosen05 else committed05.name
+        test_known = committed05 is not None and committed05.name == name
+        sources = ["this cache"] if chosen05 else []
+        if test_known:
+            sources.append("results/beyond_test.csv" if chosen05 else "results/beyond_candidates.csv, beyond_test.csv")
+        rows.append(
+            {
+                "model": f"notebook 05's choice ({name})",
+                "parameters": chosen05[0].parameters if chosen05 else committed05.parameters,
+                "val_seeds": len(scores05),
+                "val_balanced_mean": round(statistics.fmean(scores05), 2),
+                "val_spread": _spread(scores05),
+                "test_seeds": committed05.test_seeds if test_known else None,
+                "test_balanced_mean": committed05.test_mean if test_known else None,
+                "test_spread": committed05.test_spread if test_known else None,
+                "numbers_from": " + ".join(sources),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def replaces_notebook_05(winner: Sequence[RunResult], chosen05: Sequence[RunResult]) -> bool:
-    """Whether the search's winner becomes results/best_model.pt: only against a trained notebook 05 choice, and
-    only if its validation mean (what the trained-model files deliver) is higher. Decided on validation alone, so
-    the test numbers both notebooks print cannot have chosen the delivered model."""
-    if not winner or not chosen05:
+def replaces_notebook_05(
+    winner: Sequence[RunResult], chosen05: Sequence[RunResult], committed_val: float | None = None
+) -> bool:
+    """Whether the search's winner becomes results/best_model.pt: only if its validation mean (what the
+    trained-model files deliver) is higher than that of notebook 05's choice, from its runs in this cache, else from
+    its committed seed-0 score (`committed_val`). Decided on validation alone, so the test numbers both notebooks
+    print cannot have chosen the delivered model."""
+    if not winner:
         return False
-    return statistics.fmean(map(delivered_score, winner)) > statistics.fmean(map(delivered_score, chosen05))
+    if chosen05:
+        return statistics.fmean(map(delivered_score, winner)) > statistics.fmean(map(delivered_score, chosen05))
+    if committed_val is None:
+        return False
+    return statistics.fmean(map(delivered_score, winner)) > committed_val
 
 
 # ----------------------------------------------------------------------------- what it costs (the main job's plan)

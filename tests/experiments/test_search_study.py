@@ -4,11 +4,14 @@ search_study), on hand-made numbers: what the notebook's comparisons at equal co
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 from emnist_utils.experiments import search, search_study
+from emnist_utils.experiments.beyond import CANDIDATES
 from emnist_utils.experiments.profiles import PROFILES
 from emnist_utils.experiments.store import RunResult
 from emnist_utils.experiments.trials import TABLE_1_2
@@ -88,25 +91,97 @@ def test_trial_compute_counts_the_epochs_trained(small_splits):
     assert one == pytest.approx(len(small_splits.train_labels) / 1000 + len(small_splits.val_labels) / 3000)
 
 
+def _runs(scores, name="run", parameters=1000):
+    """Runs that carry only what the winner's comparison reads: the delivered validation score, name, size."""
+    out = []
+    for score in scores:
+        run = RunResult.__new__(RunResult)
+        run.metrics = {"selection_metric": "balanced", "val_balanced_acc_adjusted": score, "val_acc_adjusted": 0.0}
+        run.spec = SimpleNamespace(name=name)
+        run.parameters = parameters
+        out.append(run)
+    return out
+
+
 @pytest.mark.parametrize(
-    "winner, chosen05, replaces",
+    "winner, chosen05, committed_val, replaces",
     [
-        ([90.0, 90.2, 90.4], [89.9, 90.1, 90.3], True),  # higher mean
-        ([90.0, 90.2, 90.4], [90.0, 90.2, 90.4], False),  # a tie keeps notebook 05's choice
-        ([91.0, 89.0, 89.0], [89.8, 89.8, 89.8], False),  # one lucky seed does not make a higher mean
-        ([90.0], [], False),  # notebook 05's candidates not trained under this profile
+        ([90.0, 90.2, 90.4], [89.9, 90.1, 90.3], None, True),  # higher mean
+        ([90.0, 90.2, 90.4], [90.0, 90.2, 90.4], None, False),  # a tie keeps notebook 05's choice
+        ([91.0, 89.0, 89.0], [89.8, 89.8, 89.8], None, False),  # one lucky seed does not make a higher mean
+        ([90.0], [], None, False),  # notebook 05's choice neither in this cache nor in its committed table
+        ([90.0, 90.2], [], 90.0, True),  # only the committed seed-0 score: compared with it
+        ([88.5, 88.6], [], 89.98, False),
+        ([90.0, 90.2], [90.3], 80.0, False),  # runs in this cache outrank the committed number
     ],
 )
-def test_winner_replaces_notebook_05_only_on_a_higher_validation_mean(winner, chosen05, replaces):
-    def runs(scores):
-        out = []
-        for score in scores:
-            run = RunResult.__new__(RunResult)
-            run.metrics = {"selection_metric": "balanced", "val_balanced_acc_adjusted": score, "val_acc_adjusted": 0.0}
-            out.append(run)
-        return out
+def test_winner_replaces_notebook_05_only_on_a_higher_validation_mean(winner, chosen05, committed_val, replaces):
+    assert search_study.replaces_notebook_05(_runs(winner), _runs(chosen05), committed_val) is replaces
 
-    assert search_study.replaces_notebook_05(runs(winner), runs(chosen05)) is replaces
+
+SHA = "ab" * 32
+
+
+def _write_committed_tables(folder, sha=SHA, profile="full", chosen="lean-48", test_acc=89.95, balanced=89.95):
+    common = {"dataset": "emnist-standin", "data_sha256": sha, "profile": profile}
+    pd.DataFrame(
+        [
+            {"label": "lean-24", "parameters": 160919, "val_balanced_acc_adjusted_%": 89.29, **common},
+            {"label": "lean-48", "parameters": 632831, "val_balanced_acc_adjusted_%": 89.98, **common},
+        ]
+    ).to_csv(folder / "beyond_candidates.csv", index=False)
+    pd.DataFrame(
+        [
+            {"model": "report model, report recipe", "seeds": 3, "parameters_per_model": 976239,
+             "test_acc_mean_%": 85.8, "test_acc_std": 0.23, "test_balanced_acc_mean_%": 85.8, **common},
+            {"model": chosen, "seeds": 3, "parameters_per_model": 632831, "test_acc_mean_%": test_acc,
+             "test_acc_std": 0.16, "test_balanced_acc_mean_%": balanced, **common},
+        ]
+    ).to_csv(folder / "beyond_test.csv", index=False)  # fmt: skip
+
+
+def test_committed_choice_of_notebook_05_is_read_only_for_the_same_data_and_profile(tmp_path):
+    _write_committed_tables(tmp_path)
+    got = search_study.committed_choice_05(tmp_path, {"checksum": SHA}, "full")
+    assert got == search_study.Committed05("lean-48", 632831, 89.98, 3, 89.95, 0.16)
+    assert search_study.committed_choice_05(tmp_path, {"checksum": "cd" * 32}, "full") is None  # other data
+    assert search_study.committed_choice_05(tmp_path, {"checksum": SHA}, "quick") is None  # other profile
+    assert search_study.committed_choice_05(tmp_path / "absent", {"checksum": SHA}, "full") is None
+
+
+def test_committed_test_spread_is_dropped_when_it_is_not_the_balanced_accuracys(tmp_path):
+    _write_committed_tables(tmp_path, test_acc=88.0, balanced=87.5)  # an imbalanced test split
+    assert search_study.committed_choice_05(tmp_path, {"checksum": SHA}, "full").test_spread is None
+    _write_committed_tables(tmp_path, chosen="not-a-candidate")
+    assert search_study.committed_choice_05(tmp_path, {"checksum": SHA}, "full") is None
+
+
+def test_committed_tables_in_the_repository_name_a_candidate(tmp_path):
+    """The reader follows the format notebook 05 writes: the repository's own tables (whatever data they name)."""
+    results = Path(__file__).resolve().parents[2] / "results"
+    if not (results / "beyond_test.csv").exists():
+        pytest.skip("no committed results/beyond_test.csv in this checkout")
+    sha = pd.read_csv(results / "beyond_test.csv")["data_sha256"].iloc[0]
+    profile = pd.read_csv(results / "beyond_test.csv")["profile"].iloc[0]
+    got = search_study.committed_choice_05(results, {"checksum": sha}, profile)
+    assert got is not None and got.name in {c.name for c in CANDIDATES}
+    assert 0 < got.val_seed0 <= 100 and 0 < got.test_mean <= 100 and got.test_seeds >= 1
+
+
+def test_winner_table_puts_the_committed_choice_beside_the_winner():
+    committed = search_study.Committed05("lean-48", 632831, 89.98, 3, 89.95, 0.16)
+    table = search_study.winner_table(_runs([88.5, 88.6, 88.7], "winner", 652679), [89.0, 89.2, 89.4], [], committed)
+    winner, chosen = table.to_dict("records")
+    assert winner["val_seeds"] == 3 and winner["val_balanced_mean"] == 88.6 and winner["val_spread"] == 0.1
+    assert winner["test_balanced_mean"] == 89.2 and winner["test_spread"] == 0.2
+    assert chosen["model"] == "notebook 05's choice (lean-48)" and chosen["val_seeds"] == 1
+    assert chosen["val_balanced_mean"] == 89.98 and chosen["test_balanced_mean"] == 89.95
+    assert chosen["numbers_from"] == "results/beyond_candidates.csv, beyond_test.csv"
+    # its runs in this cache give the validation; the committed table still gives its test numbers
+    cached = search_study.winner_table(_runs([88.5], "winner"), [89.0], _runs([90.0, 90.2], "lean-48"), committed)
+    assert cached.loc[1, "val_balanced_mean"] == 90.1 and cached.loc[1, "test_balanced_mean"] == 89.95
+    assert cached.loc[1, "numbers_from"] == "this cache + results/beyond_test.csv"
+    assert len(search_study.winner_table(_runs([88.5], "winner"), [89.0], [])) == 1  # nothing to compare with
 
 
 @pytest.mark.parametrize("name", sorted(search.FIDELITY))
