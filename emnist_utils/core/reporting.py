@@ -44,6 +44,21 @@ def read_table(name: str, directory: Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
+def read_stamped_table(name: str, directory: Path, *, provenance: dict, profile: str) -> pd.DataFrame | None:
+    """A table that write_table wrote on these data under this profile, else None (absent, empty, or stamped with
+    other data or another profile): numbers from another run must not pass for this one's."""
+    try:
+        table = read_table(name, directory)
+    except pd.errors.EmptyDataError:
+        return None
+    if table is None:
+        return None
+    same = {"data_sha256": provenance["checksum"], "profile": profile}
+    if not all(c in table.columns and (table[c] == v).all() for c, v in same.items()):
+        return None
+    return table
+
+
 def write_json(obj: dict, name: str, directory: Path, *, provenance: dict, profile: str) -> Path:
     path = Path(directory) / f"{name}.json"
     write_text_atomic(

@@ -14,6 +14,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from ..core.reporting import read_stamped_table
 from ..core.splits import Splits, make_splits
 from .beyond import CANDIDATES, LEAN_RECIPE
 from .profiles import Profile
@@ -241,15 +242,11 @@ def committed_choice_05(results_dir: Path, provenance: dict, profile: str) -> Co
     """Notebook 05's choice from its committed tables, when they were made on the same data under the same profile;
     else None. Notebook 05's runs take hours on a CPU, so a machine whose cache lacks them still compares the winner
     with numbers that nothing on that machine can have changed. The tables name the choice among CANDIDATES."""
-    try:
-        candidates = pd.read_csv(results_dir / "beyond_candidates.csv")
-        tested = pd.read_csv(results_dir / "beyond_test.csv")
-    except (FileNotFoundError, pd.errors.EmptyDataError):
+    stamp = {"provenance": provenance, "profile": profile}
+    candidates = read_stamped_table("beyond_candidates", results_dir, **stamp)
+    tested = read_stamped_table("beyond_test", results_dir, **stamp)
+    if candidates is None or tested is None:
         return None
-    same = {"data_sha256": provenance["checksum"], "profile": profile}
-    for table in (candidates, tested):
-        if not all(c in table.columns and (table[c] == v).all() for c, v in same.items()):
-            return None
     chosen = tested[tested["model"].isin({c.name for c in CANDIDATES})]
     if len(chosen) != 1:
         return None
@@ -326,13 +323,10 @@ def replaces_notebook_05(
     trained-model files deliver) is higher than that of notebook 05's choice, from its runs in this cache, else from
     its committed seed-0 score (`committed_val`). Decided on validation alone, so the test numbers both notebooks
     print cannot have chosen the delivered model."""
-    if not winner:
+    reference = statistics.fmean(map(delivered_score, chosen05)) if chosen05 else committed_val
+    if not winner or reference is None:
         return False
-    if chosen05:
-        return statistics.fmean(map(delivered_score, winner)) > statistics.fmean(map(delivered_score, chosen05))
-    if committed_val is None:
-        return False
-    return statistics.fmean(map(delivered_score, winner)) > committed_val
+    return statistics.fmean(map(delivered_score, winner)) > reference
 
 
 # ----------------------------------------------------------------------------- what it costs (the main job's plan)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from emnist_utils.core.reporting import read_table, stamp, write_json, write_table
+from emnist_utils.core.reporting import read_stamped_table, read_table, stamp, write_json, write_table
 
 PROVENANCE = {"dataset": "emnist-standin", "split": "standin", "checksum": "0123456789abcdef" * 4}
 
@@ -62,6 +62,20 @@ def test_read_table(tmp_path):
     back = read_table("trials", tmp_path)
     pd.testing.assert_frame_equal(back[["trial", "model", "val_acc"]], _table())
     assert list(back["profile"]) == ["smoke", "smoke"]
+
+
+def test_read_stamped_table_only_for_the_same_data_and_profile(tmp_path):
+    write_table(_table(), "trials", tmp_path, provenance=PROVENANCE, profile="full")
+    back = read_stamped_table("trials", tmp_path, provenance=PROVENANCE, profile="full")
+    pd.testing.assert_frame_equal(back[["trial", "model", "val_acc"]], _table())
+    other_data = {**PROVENANCE, "checksum": "f" * 64}
+    assert read_stamped_table("trials", tmp_path, provenance=other_data, profile="full") is None
+    assert read_stamped_table("trials", tmp_path, provenance=PROVENANCE, profile="quick") is None
+    assert read_stamped_table("absent", tmp_path, provenance=PROVENANCE, profile="full") is None
+    (tmp_path / "empty.csv").write_text("")
+    assert read_stamped_table("empty", tmp_path, provenance=PROVENANCE, profile="full") is None
+    _table().to_csv(tmp_path / "unstamped.csv", index=False)  # not written by write_table
+    assert read_stamped_table("unstamped", tmp_path, provenance=PROVENANCE, profile="full") is None
 
 
 def test_write_json_includes_provenance_and_profile(tmp_path):

@@ -161,9 +161,8 @@ def test_committed_tables_in_the_repository_name_a_candidate(tmp_path):
     results = Path(__file__).resolve().parents[2] / "results"
     if not (results / "beyond_test.csv").exists():
         pytest.skip("no committed results/beyond_test.csv in this checkout")
-    sha = pd.read_csv(results / "beyond_test.csv")["data_sha256"].iloc[0]
-    profile = pd.read_csv(results / "beyond_test.csv")["profile"].iloc[0]
-    got = search_study.committed_choice_05(results, {"checksum": sha}, profile)
+    stamp = pd.read_csv(results / "beyond_test.csv").iloc[0]
+    got = search_study.committed_choice_05(results, {"checksum": stamp["data_sha256"]}, stamp["profile"])
     assert got is not None and got.name in {c.name for c in CANDIDATES}
     assert 0 < got.val_seed0 <= 100 and 0 < got.test_mean <= 100 and got.test_seeds >= 1
 
