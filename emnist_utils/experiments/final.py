@@ -17,10 +17,10 @@ import torch
 from ..core.evaluation import TTA_SHIFTS
 from ..core.splits import Splits
 from ..core.trained_model import TrainedModel
-from .beyond import SeedScores, mean_and_spread, per_seed, prior_adjustment, with_chosen_prediction
+from .beyond import CANDIDATES, SeedScores, mean_and_spread, per_seed, prior_adjustment, with_chosen_prediction
 from .profiles import Profile
 from .recipes import NAMED_RUNS
-from .search_study import replaces_notebook_05
+from .search_study import Committed05, CommittedVerdict, replaces_notebook_05
 from .spec import RunSpec
 from .store import RunResult
 from .studies import SEEDS
@@ -37,16 +37,36 @@ def grid(profile: Profile) -> tuple[tuple[float, float], ...]:
     return DISTILLATION_GRID if profile.max_seeds is None else DISTILLATION_GRID[:2]
 
 
+def notebook_05_choice(
+    cached: Callable[[Sequence[RunSpec]], RunSpec | None],
+    trained: Callable[[Sequence[RunSpec]], RunSpec],
+    committed: Committed05 | None,
+) -> tuple[RunSpec, str]:
+    """Notebook 05's choice among its candidates (on validation) and where it was read: its candidates in this cache,
+    else its committed tables when they were made on the same data under the same profile (its candidates take
+    hours on a CPU, and only the choice is used here), else its candidates trained here. `cached` and `trained` are
+    `beyond.chooser` over a cache lookup and over training."""
+    spec = cached(CANDIDATES)
+    if spec is not None:
+        return spec, "its candidates in this cache"
+    if committed is not None:
+        return next(c for c in CANDIDATES if c.name == committed.name), "its committed tables (same data and profile)"
+    return trained(CANDIDATES), "its candidates, trained here"
+
+
 def base_choice(
     chosen05: RunSpec,
     runs05: Sequence[RunResult],
     winner: RunSpec | None,
     winner_runs: Sequence[RunResult],
     max_parameters: int = MAX_PARAMETERS,
+    verdict: CommittedVerdict | None = None,
 ) -> tuple[RunSpec, list[RunResult], str]:
     """The model the protocol refits: the search's winner where it replaced notebook 05's choice (a higher
-    validation mean) and is within the parameter budget, else notebook 05's choice. Returns the (unbound) spec,
-    its train-only seeds, and why."""
+    validation mean) and is within the parameter budget, else notebook 05's choice. Without the search's study in
+    this cache, notebook 08's committed `verdict` (same data and profile) decides: refitting a winner needs its
+    study, so a verdict for the winner is an error that says so. Returns the (unbound) spec, its train-only seeds,
+    and why."""
     if winner is not None and replaces_notebook_05(winner_runs, runs05):
         if winner_runs[0].parameters <= max_parameters:
             return (
@@ -57,6 +77,16 @@ def base_choice(
         reason = f"has {winner_runs[0].parameters:,} parameters, over the budget of {max_parameters:,}"
     elif winner is not None:
         reason = "did not beat it on validation"
+    elif verdict is not None and verdict.replaces_notebook_05:
+        raise RuntimeError(
+            f"notebook 08's committed table says its winner {verdict.winner} beat notebook 05's choice on validation, "
+            "but its study is not here: run notebook 08 first, or pass STORAGE where its study is"
+        )
+    elif verdict is not None:
+        reason = (
+            f"{verdict.winner} did not beat it on validation in notebook 08's committed table "
+            f"({verdict.winner_val:.2f}% against {verdict.chosen05_val:.2f}%, same data and profile)"
+        )
     else:
         reason = "is not there (no finished search here)"
     return chosen05, list(runs05), f"notebook 05's choice {chosen05.name}: the search's winner {reason}"

@@ -329,6 +329,35 @@ def replaces_notebook_05(
     return statistics.fmean(map(delivered_score, winner)) > reference
 
 
+@dataclass(frozen=True)
+class CommittedVerdict:
+    """Notebook 08's comparison as its committed table gives it: the winner's validation mean beside notebook 05's
+    choice's (results/search_winner.csv)."""
+
+    winner: str
+    winner_val: float
+    chosen05: str
+    chosen05_val: float
+
+    @property
+    def replaces_notebook_05(self) -> bool:
+        return self.winner_val > self.chosen05_val
+
+
+def committed_verdict(results_dir: Path, provenance: dict, profile: str) -> CommittedVerdict | None:
+    """Notebook 08's verdict from its committed table, when it was made on the same data under the same profile;
+    else None. The search's study lives in a cache (hours of trials on a CPU): a machine without it can still follow
+    the decision the search made on validation, and nothing on that machine can have changed it."""
+    table = read_stamped_table("search_winner", results_dir, provenance=provenance, profile=profile)
+    if table is None or len(table) != 2 or table["val_balanced_mean"].isna().any():
+        return None
+    winner, chosen05 = table.iloc[0], table.iloc[1]
+    return CommittedVerdict(
+        str(winner["model"]), float(winner["val_balanced_mean"]), str(chosen05["model"]),
+        float(chosen05["val_balanced_mean"]),
+    )  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- what it costs (the main job's plan)
 
 NOTEBOOK = "08_searching_instead_of_hand_tuning"

@@ -14,7 +14,7 @@ from helpers import fake_result, small_profile, tiny_spec
 
 from emnist_utils.core.evaluation import TTA_SHIFTS, accuracy, balanced_accuracy
 from emnist_utils.core.splits import class_counts
-from emnist_utils.experiments import beyond, final
+from emnist_utils.experiments import beyond, final, search_study
 from emnist_utils.experiments.beyond import with_chosen_prediction
 from emnist_utils.experiments.profiles import PROFILES
 from emnist_utils.experiments.store import Store
@@ -85,6 +85,42 @@ def test_the_winner_is_refit_only_where_it_beat_notebook_05_on_validation(winner
     assert runs == (winner_runs if expected == "winner" else runs05)
     assert spec.name in why
     assert ("over the budget" in why) == (parameters > final.MAX_PARAMETERS)
+
+
+@pytest.mark.parametrize("winner_val, expected", [(88.56, "05"), (90.5, "error")])
+def test_without_the_study_notebook_08s_committed_verdict_decides(winner_val, expected):
+    chosen05 = tiny_spec().with_(name="nb05")
+    runs05 = [fake_result(50.0, 50.0, spec=chosen05) for _ in range(3)]
+    verdict = search_study.CommittedVerdict("search-winner-trial25", winner_val, "notebook 05's choice (nb05)", 89.98)
+    if expected == "error":
+        with pytest.raises(RuntimeError, match="run notebook 08 first"):
+            final.base_choice(chosen05, runs05, None, [], verdict=verdict)
+        return
+    spec, runs, why = final.base_choice(chosen05, runs05, None, [], verdict=verdict)
+    assert spec is chosen05 and runs == runs05
+    assert "committed table" in why and "88.56% against 89.98%" in why
+    assert "no finished search" in final.base_choice(chosen05, runs05, None, [])[2]
+
+
+def test_notebook_05s_choice_comes_from_the_cache_else_its_committed_tables_else_training():
+    trained = []
+
+    def train(candidates):
+        trained.append(len(candidates))
+        return candidates[0]
+
+    committed = search_study.Committed05("lean-48", 632831, 89.98, 3, 89.95, 0.16)
+    cached_choice = beyond.CANDIDATES[2]
+    assert final.notebook_05_choice(lambda c: cached_choice, train, committed) == (
+        cached_choice,
+        "its candidates in this cache",
+    )
+    spec, where = final.notebook_05_choice(lambda c: None, train, committed)
+    assert spec.name == "lean-48" and spec in beyond.CANDIDATES and "committed tables" in where
+    assert trained == []  # neither trained anything
+    spec, where = final.notebook_05_choice(lambda c: None, train, None)
+    assert spec is beyond.CANDIDATES[0] and where == "its candidates, trained here"
+    assert trained == [len(beyond.CANDIDATES)]
 
 
 def test_the_distillation_setting_is_chosen_on_validation_ties_to_the_earlier():

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
+from emnist_utils.core.reporting import write_table
 from emnist_utils.experiments import search, search_study
 from emnist_utils.experiments.beyond import CANDIDATES
 from emnist_utils.experiments.profiles import PROFILES
@@ -181,6 +182,36 @@ def test_winner_table_puts_the_committed_choice_beside_the_winner():
     assert cached.loc[1, "val_balanced_mean"] == 90.1 and cached.loc[1, "test_balanced_mean"] == 89.95
     assert cached.loc[1, "numbers_from"] == "this cache + results/beyond_test.csv"
     assert len(search_study.winner_table(_runs([88.5], "winner"), [89.0], [])) == 1  # nothing to compare with
+
+
+@pytest.mark.parametrize("winner_scores, replaces", [([88.5, 88.6, 88.7], False), ([90.0, 90.1, 90.2], True)])
+def test_committed_verdict_is_the_winner_tables_comparison_on_the_same_data_and_profile(
+    tmp_path, winner_scores, replaces
+):
+    committed = search_study.Committed05("lean-48", 632831, 89.98, 3, 89.95, 0.16)
+    table = search_study.winner_table(_runs(winner_scores, "winner", 652679), [89.0, 89.2, 89.4], [], committed)
+    provenance = {"dataset": "emnist-standin", "checksum": SHA}
+    write_table(table, "search_winner", tmp_path, provenance=provenance, profile="full")
+    got = search_study.committed_verdict(tmp_path, provenance, "full")
+    mean = round(sum(winner_scores) / 3, 2)
+    assert got == search_study.CommittedVerdict("winner", mean, "notebook 05's choice (lean-48)", 89.98)
+    assert got.replaces_notebook_05 is replaces
+    assert search_study.committed_verdict(tmp_path, {"checksum": "cd" * 32}, "full") is None  # other data
+    assert search_study.committed_verdict(tmp_path, provenance, "smoke") is None  # other profile
+    alone = search_study.winner_table(_runs(winner_scores, "winner"), [89.0], [])  # nothing it was compared with
+    write_table(alone, "search_winner", tmp_path, provenance=provenance, profile="full")
+    assert search_study.committed_verdict(tmp_path, provenance, "full") is None
+
+
+def test_committed_verdict_reads_the_repositorys_own_winner_table():
+    """The reader follows the format notebook 08 writes: the repository's own table (whatever data it names)."""
+    results = Path(__file__).resolve().parents[2] / "results"
+    if not (results / "search_winner.csv").exists():
+        pytest.skip("no committed results/search_winner.csv in this checkout")
+    stamp = pd.read_csv(results / "search_winner.csv").iloc[0]
+    got = search_study.committed_verdict(results, {"checksum": stamp["data_sha256"]}, stamp["profile"])
+    assert got is not None and got.winner.startswith("search-winner-trial")
+    assert got.chosen05.startswith("notebook 05's choice") and 0 < got.chosen05_val <= 100
 
 
 @pytest.mark.parametrize("name", sorted(search.FIDELITY))
